@@ -1,0 +1,282 @@
+"""One configuration object for everything a study can vary.
+
+Every knob is a field of a small dataclass; the whole config flattens to dotted keys
+(`prior.z_pres.final`, `init.decoder_bias`, ...). Those keys are the single vocabulary
+used by the CLI (`--set key=value`), study specs, Optuna, MLflow params and reports.
+Validation happens up front and names the bad key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key or value is not allowed; the message names the key and the allowed values."""
+
+
+def _knob(default: Any, help: str, choices: tuple | None = None, low: float | None = None,
+          high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
+    meta = {"help": help, "choices": choices, "low": low, "high": high,
+            "low_open": low_open, "high_open": high_open}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    canvas_size: int = _knob(50, "side of the square multi-MNIST canvas, pixels", low=16, high=256)
+    min_digits: int = _knob(0, "fewest digits per image (counts are uniform over min..max)",
+                            low=0, high=10)
+    max_digits: int = _knob(2, "most digits per image", low=0, high=10)
+    digit_size: float = _knob(21.0, "side of the resized 28x28 MNIST patch, pixels (paper: ~21)",
+                              low=4.0, high=128.0)
+    digit_size_jitter: float = _knob(0.0, "relative uniform jitter of digit_size (0.2 = +-20%)",
+                                     low=0.0, high=0.9)
+    overlap: str = _knob("allow", "allow: digits may overlap; avoid: patch boxes never intersect",
+                         choices=("allow", "avoid"))
+    train_images: int = _knob(60000, "generated training images", low=64,
+                              high=10_000_000)
+    heldout_images: int = _knob(1000, "generated held-out images (from held-out digits)",
+                                low=16, high=1_000_000)
+    seed: int = _knob(0, "seed of the generated data set (independent of training seeds)", low=0)
+
+
+@dataclass
+class ModelConfig:
+    max_steps: int = _knob(3, "inference steps, i.e. most objects AIR can explain", low=1, high=10)
+    lstm_size: int = _knob(256, "LSTM hidden units", low=1, high=4096)
+    mlp_width: int = _knob(256, "hidden units of every MLP (encoders, decoder, heads)", low=1,
+                           high=4096)
+    mlp_depth: int = _knob(2, "hidden layers of every MLP", low=1, high=8)
+    activation: str = _knob("elu", "MLP non-linearity", choices=("elu", "relu"))
+    glimpse_size: int = _knob(20, "side of the glimpse read and written, pixels", low=4, high=64)
+    z_what_size: int = _knob(50, "dimensions of z_what", low=1, high=1024)
+    likelihood_sd: float = _knob(0.3, "sd of the Gaussian pixel likelihood", low=0.0, high=10.0,
+                                 low_open=True)
+
+
+@dataclass
+class ZPresPrior:
+    schedule: str = _knob("constant", "annealing of the prior success (presence) probability: "
+                          "constant, linear in p, exponential (geometric in p) or logit (linear in "
+                          "log-odds)", choices=("constant", "linear", "exponential", "logit"))
+    initial: float = _knob(0.01, "success probability at step 0 (and while held)",
+                           low=0.0, high=1.0, low_open=True, high_open=True)
+    final: float = _knob(0.01, "success probability once the decay is over",
+                         low=0.0, high=1.0, low_open=True, high_open=True)
+    hold: int = _knob(0, "training steps at the initial value before the decay begins", low=0)
+    duration: int = _knob(1, "training steps the decay takes", low=1)
+
+
+@dataclass
+class PriorConfig:
+    z_pres: ZPresPrior = field(default_factory=ZPresPrior)
+    where_scale_loc: float = _knob(3.0, "prior mean of the inverse scale (3: a third of the "
+                                   "canvas)", low=0.0, high=100.0, low_open=True)
+    where_scale_sd: float = _knob(0.2, "prior sd of the inverse scale", low=0.0, high=100.0,
+                                  low_open=True)
+    where_shift_sd: float = _knob(1.0, "prior sd of the shift (canvas spans [-1, 1])", low=0.0,
+                                  high=100.0, low_open=True)
+
+
+@dataclass
+class InitConfig:
+    scheme: str = _knob("air", "air: apply the output-layer settings below; pytorch: framework "
+                        "default init everywhere (the settings below are ignored)",
+                        choices=("air", "pytorch"))
+    decoder_bias: float = _knob(-2.0, "decoder output-logit bias (0: mid-grey squares; the guide "
+                                "then turns steps off)", low=-20.0, high=20.0)
+    presence_bias: float = _knob(2.0, "presence-logit bias at start", low=-20.0, high=20.0)
+    where_loc: str = _knob("prior", "initial z_where mean: prior (bias = prior mean) or zero",
+                           choices=("prior", "zero"))
+    where_sd: float = _knob(0.1, "initial z_where posterior sd (the blog: too large -> 0 steps)",
+                            low=0.0, high=10.0, low_open=True)
+    head_weight_scale: float = _knob(0.1, "multiplier on the output weights of the presence and "
+                                     "location heads (small: start near the biases)",
+                                     low=0.0, high=10.0)
+
+
+@dataclass
+class EstimatorConfig:
+    baseline_input: str = _knob("image", "what the neural baseline sees: image, or image and "
+                                "the continuous latents (never z_pres, which would bias it)",
+                                choices=("image", "image_and_z"))
+    baseline_width: int = _knob(256, "hidden units of the baseline MLP", low=1, high=4096)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = _knob("adam", "optimiser of model and baseline", choices=("adam", "rmsprop"))
+    lr: float = _knob(1e-4, "model learning rate", low=0.0, high=1.0, low_open=True)
+    baseline_lr: float = _knob(1e-3, "baseline learning rate (reference: 10x the model's)",
+                               low=0.0, high=10.0, low_open=True)
+    batch_size: int = _knob(64, "images per step and replica", low=1, high=65536)
+    grad_clip: float = _knob(0.0, "per-replica gradient-norm clip of the model (0: off)",
+                             low=0.0)
+    steps: int = _knob(10000, "training steps", low=0)
+    eval_every: int = _knob(500, "steps between held-out evaluations", low=1)
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = _knob(0.95, "held-out count accuracy a seed needs to count as converged",
+                             low=0.0, high=1.0)
+    hold: int = _knob(1, "consecutive final evaluations that must all reach the threshold",
+                      low=1)
+
+
+@dataclass
+class AIRConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_flat(self) -> dict[str, Any]:
+        """All knobs as {dotted key: value}."""
+        return {key: _get(self, key) for key in knob_specs()}
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], base: AIRConfig | None = None) -> AIRConfig:
+        """A validated config: `base` (or the defaults) with `flat` overrides applied."""
+        config = copy.deepcopy(base) if base is not None else cls()
+        specs = knob_specs()
+        for key, raw in flat.items():
+            if key not in specs:
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(specs)}")
+            _set(config, key, coerce(key, raw))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for key, spec in knob_specs().items():
+            check_value(key, _get(self, key), spec)
+        if self.data.min_digits > self.data.max_digits:
+            raise ConfigError(f"data.min_digits ({self.data.min_digits}) must be <= "
+                              f"data.max_digits ({self.data.max_digits})")
+        if self.data.max_digits > self.model.max_steps:
+            raise ConfigError(f"data.max_digits ({self.data.max_digits}) must be <= "
+                              f"model.max_steps ({self.model.max_steps}): AIR cannot count past "
+                              "its steps")
+        if self.data.digit_size * (1 + self.data.digit_size_jitter) > self.data.canvas_size:
+            raise ConfigError("data.digit_size (with jitter) must fit in data.canvas_size")
+
+
+@dataclass(frozen=True)
+class KnobSpec:
+    """Type and allowed values of one dotted key."""
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None
+    low: float | None
+    high: float | None
+    low_open: bool
+    high_open: bool
+
+    def allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.low is None and self.high is None:
+            return f"any {self.type.__name__}"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        return f"{self.type.__name__} in {lo}{low}, {high}{hi}"
+
+
+def knob_specs() -> dict[str, KnobSpec]:
+    """Every dotted key of AIRConfig with its type, default and allowed values."""
+    specs: dict[str, KnobSpec] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            key = prefix + f.name
+            if f.default_factory is not dataclasses.MISSING:  # a nested section
+                walk(type(f.default_factory()), key + ".")
+                continue
+            kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+            m = f.metadata
+            specs[key] = KnobSpec(key, kind, f.default, m["help"], m["choices"], m["low"],
+                                  m["high"], m["low_open"], m["high_open"])
+
+    walk(AIRConfig, "")
+    return specs
+
+
+def coerce(key: str, raw: Any) -> Any:
+    """Turn a CLI/YAML value into the key's type, or raise naming the key."""
+    spec = knob_specs().get(key)
+    if spec is None:
+        raise ConfigError(f"unknown config key {key!r}")
+    try:
+        if spec.type is bool:
+            if isinstance(raw, str):
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return raw.lower() in ("true", "1", "yes")
+            return bool(raw)
+        if spec.type is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(float(raw)) if isinstance(raw, str) else int(raw)
+        if spec.type is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {raw!r} is not a valid {spec.type.__name__}; "
+                          f"allowed: {spec.allowed()}") from None
+
+
+def check_value(key: str, value: Any, spec: KnobSpec | None = None) -> None:
+    spec = spec or knob_specs()[key]
+    bad = False
+    if spec.choices is not None:
+        bad = value not in spec.choices
+    elif spec.type in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad = True
+        if spec.low is not None and (value < spec.low or (spec.low_open and value == spec.low)):
+            bad = True
+        if spec.high is not None and (value > spec.high or (spec.high_open and value == spec.high)):
+            bad = True
+    if bad:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {spec.allowed()}")
+
+
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse CLI `key=value` pairs."""
+    out = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _set(config: Any, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = getattr(config, part)
+    setattr(config, last, value)

@@ -1,0 +1,242 @@
+"""Attend, Infer, Repeat (Eslami et al. 2016) for R independent replicas at once.
+
+Reads top-down in the order data flows:
+  guide:  image -> input encoder -> LSTM (one step per object) -> location head -> z_where
+          -> spatial transformer reads a glimpse -> glimpse encoder -> z_what; presence head
+          -> per-step presence logits -> number of objects n (truncated geometric, NumSteps)
+  model:  z_what -> glimpse decoder -> spatial transformer writes it -> canvas = sum of the
+          first n written glimpses -> Gaussian pixel likelihood; Normal priors on what/where,
+          NumSteps prior with the annealed success probability.
+The loss is the negative ELBO plus REINFORCE for the discrete n, with a neural baseline.
+
+Shapes: R replicas, B images, K steps, H x W canvas, G x G glimpse, D = z_what size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from airsearch.config import AIRConfig
+from airsearch.model.distributions import NumSteps
+from airsearch.model.replicated import (
+    ReplicatedLinear,
+    ReplicatedLSTMCell,
+    ReplicatedMLP,
+    softplus_inverse,
+)
+from airsearch.model.spatial import read_glimpse, write_glimpse
+
+
+@dataclass
+class Noise:
+    """All randomness of one step, drawn per replica from that replica's own generator."""
+
+    where: torch.Tensor  # (R, B, K, 3) standard normal
+    what: torch.Tensor   # (R, B, K, D) standard normal
+    pres: torch.Tensor   # (R, B, K) uniform, drives the z_pres chain
+
+    @staticmethod
+    def draw(generators: list[torch.Generator], batch: int, steps: int, z_what: int,
+             device: torch.device) -> Noise:
+        normals, uniforms = [], []
+        for gen in generators:
+            normals.append(torch.randn(batch, steps, 3 + z_what, generator=gen, device=device))
+            uniforms.append(torch.rand(batch, steps, generator=gen, device=device))
+        normal = torch.stack(normals)  # (R, B, K, 3 + D)
+        return Noise(normal[..., :3], normal[..., 3:], torch.stack(uniforms))
+
+    @staticmethod
+    def zeros(replicas: int, batch: int, steps: int, z_what: int, device: torch.device) -> Noise:
+        """Posterior means and a presence threshold of 0.5: the deterministic read-out."""
+        return Noise(torch.zeros(replicas, batch, steps, 3, device=device),
+                     torch.zeros(replicas, batch, steps, z_what, device=device),
+                     torch.full((replicas, batch, steps), 0.5, device=device))
+
+
+@dataclass
+class Inference:
+    """What the guide infers for a batch; every field has leading dims (R, B, K)."""
+
+    pres_logits: torch.Tensor  # (R, B, K)
+    where_loc: torch.Tensor    # (R, B, K, 3)
+    where_sd: torch.Tensor
+    z_where: torch.Tensor
+    what_loc: torch.Tensor     # (R, B, K, D)
+    what_sd: torch.Tensor
+    z_what: torch.Tensor
+    n: torch.Tensor            # (R, B) number of objects sampled from the z_pres chain
+
+    @property
+    def num_steps(self) -> NumSteps:
+        return NumSteps(self.pres_logits)
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(R, B, K) mask: step k explains an object iff k < n."""
+        steps = torch.arange(self.pres_logits.shape[-1], device=self.n.device)
+        return (steps < self.n.unsqueeze(-1)).to(self.z_what.dtype)
+
+
+@dataclass
+class LossTerms:
+    """Per-replica scalars (R,) to optimise, and per-image pieces for monitoring."""
+
+    model_loss: torch.Tensor     # (R,) negative ELBO surrogate incl. REINFORCE
+    baseline_loss: torch.Tensor  # (R,) MSE of the baseline to the learning signal
+    elbo: torch.Tensor           # (R, B)
+    n: torch.Tensor              # (R, B)
+
+
+class AIR(nn.Module):
+    def __init__(self, config: AIRConfig, seeds: list[int]) -> None:
+        super().__init__()
+        self.config = config
+        m, d = config.model, config.data
+        R = len(seeds)
+        self.replicas, self.canvas, self.glimpse = R, d.canvas_size, m.glimpse_size
+        self.steps, self.z_what_size = m.max_steps, m.z_what_size
+        pixels, glimpse_pixels = d.canvas_size ** 2, m.glimpse_size ** 2
+        mlp = dict(width=m.mlp_width, depth=m.mlp_depth, act=m.activation)
+
+        # guide (inference network)
+        self.input_encoder = ReplicatedMLP(R, pixels, out_features=m.mlp_width, **mlp)
+        self.lstm = ReplicatedLSTMCell(R, m.mlp_width + m.z_what_size + 3, m.lstm_size)
+        self.location_head = ReplicatedMLP(R, m.lstm_size, out_features=6, **mlp)
+        self.presence_head = ReplicatedMLP(R, m.lstm_size, out_features=1, **mlp)
+        self.glimpse_encoder = ReplicatedMLP(R, glimpse_pixels, out_features=2 * m.z_what_size,
+                                             **mlp)
+        # generative model
+        self.glimpse_decoder = ReplicatedMLP(R, m.z_what_size, out_features=glimpse_pixels, **mlp)
+        # variance reduction for the score-function term of n
+        e = config.estimator
+        baseline_in = pixels + (m.max_steps * (m.z_what_size + 3)
+                                if e.baseline_input == "image_and_z" else 0)
+        self.baseline = ReplicatedMLP(R, baseline_in, width=e.baseline_width, depth=2,
+                                      act=m.activation, out_features=1)
+
+        p = config.prior
+        self.register_buffer("where_prior_loc", torch.tensor([p.where_scale_loc, 0.0, 0.0]))
+        self.register_buffer("where_prior_sd",
+                             torch.tensor([p.where_scale_sd, p.where_shift_sd, p.where_shift_sd]))
+        self._init_weights([torch.Generator().manual_seed(s) for s in seeds])
+
+    # ----------------------------------------------------------------------------- init
+    def _init_weights(self, generators: list[torch.Generator]) -> None:
+        """Framework-default init from each replica's generator, then the output-layer scheme."""
+        for module in self.modules():  # fixed order, so replica r alone draws the same numbers
+            if isinstance(module, ReplicatedLinear):
+                module.reset_parameters(generators)
+        init = self.config.init
+        if init.scheme == "pytorch":
+            return
+        with torch.no_grad():
+            # Blog/Pyro: a dark initial reconstruction keeps the guide from switching steps
+            # off while the decoder still draws mid-grey squares.
+            self.glimpse_decoder.out.bias.fill_(init.decoder_bias)
+            presence, location = self.presence_head.out, self.location_head.out
+            presence.weight.mul_(init.head_weight_scale)
+            presence.bias.fill_(init.presence_bias)
+            location.weight.mul_(init.head_weight_scale)
+            if init.where_loc == "prior":
+                location.bias[..., :3] = self.where_prior_loc
+            else:
+                location.bias[..., :3] = 0.0
+            # A large initial z_where sd drives the count to zero (Kosiorek); start it small.
+            location.bias[..., 3:] = softplus_inverse(init.where_sd)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Model and baseline parameters, kept apart so each gets its own learning rate."""
+        baseline = list(self.baseline.parameters())
+        ids = {id(p) for p in baseline}
+        return {"model": [p for p in self.parameters() if id(p) not in ids],
+                "baseline": baseline}
+
+    # ----------------------------------------------------------------------------- guide
+    def infer(self, x: torch.Tensor, noise: Noise) -> Inference:
+        """x (R, B, H, W) in [0, 1] -> latents for every step, sampled with `noise`."""
+        R, B, H, W = x.shape
+        K, D, G = self.steps, self.z_what_size, self.glimpse
+        encoded = self.input_encoder(x.reshape(R, B, H * W))  # (R, B, E)
+        h = encoded.new_zeros(R, B, self.lstm.hidden_size)
+        c = torch.zeros_like(h)
+        previous = encoded.new_zeros(R, B, D + 3)  # z_what, z_where of the last step
+        flat_images = x.reshape(R * B, H, W)
+        hs, where_locs, where_sds, z_wheres, what_locs, what_sds, z_whats = ([] for _ in range(7))
+        for k in range(K):
+            # z_pres is not an LSTM input: the presence logits of all K steps are then
+            # functions of (x, z_what, z_where) alone and define one NumSteps distribution.
+            h, c = self.lstm(torch.cat([encoded, previous], dim=-1), (h, c))
+            where_out = self.location_head(h)  # (R, B, 6)
+            where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
+            z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
+            glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
+            what_out = self.glimpse_encoder(glimpse.view(R, B, G * G))  # (R, B, 2D)
+            what_loc, what_sd = what_out[..., :D], F.softplus(what_out[..., D:])
+            z_what = what_loc + what_sd * noise.what[:, :, k]  # (R, B, D)
+            previous = torch.cat([z_what, z_where], dim=-1)
+            for store, value in zip((hs, where_locs, where_sds, z_wheres, what_locs, what_sds,
+                                     z_whats),
+                                    (h, where_loc, where_sd, z_where, what_loc, what_sd, z_what),
+                                    strict=True):
+                store.append(value)
+        hs_all = torch.stack(hs, dim=2)  # (R, B, K, L)
+        pres_logits = self.presence_head(hs_all.view(R, B * K, -1)).view(R, B, K)
+        n = NumSteps(pres_logits).sample_from_uniforms(noise.pres)  # (R, B)
+        stack = lambda xs: torch.stack(xs, dim=2)  # noqa: E731  (R, B, K, ...)
+        return Inference(pres_logits, stack(where_locs), stack(where_sds), stack(z_wheres),
+                         stack(what_locs), stack(what_sds), stack(z_whats), n)
+
+    # ----------------------------------------------------------------------------- model
+    def render(self, inference: Inference) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canvas (R, B, H, W) from the first n objects, and each step's glimpse (R, B, K, G, G)."""
+        R, B, K, D = inference.z_what.shape
+        G, H = self.glimpse, self.canvas
+        logits = self.glimpse_decoder(inference.z_what.view(R, B * K, D))
+        glimpses = torch.sigmoid(logits).view(R, B, K, G, G)
+        written = write_glimpse(glimpses.view(-1, G, G), inference.z_where.reshape(-1, 3), H)
+        written = written.view(R, B, K, H, H) * inference.present[..., None, None]
+        return written.sum(dim=2), glimpses
+
+    def loss_terms(self, x: torch.Tensor, inference: Inference, prior_logit: float) -> LossTerms:
+        """Negative ELBO with the KL of n taken analytically on NumSteps, plus REINFORCE."""
+        canvas, _ = self.render(inference)
+        sd = self.config.model.likelihood_sd
+        log_lik = torch.distributions.Normal(canvas, sd).log_prob(x).sum(dim=(-1, -2))  # (R, B)
+        present = inference.present  # (R, B, K)
+        kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
+                             self.where_prior_sd).sum(-1)
+        kl_what = normal_kl(inference.what_loc, inference.what_sd, 0.0, 1.0).sum(-1)
+        kl_objects = ((kl_where + kl_what) * present).sum(-1)  # (R, B)
+        q_n = inference.num_steps
+        kl_n = q_n.kl(NumSteps(torch.full_like(inference.pres_logits, prior_logit)))
+        elbo = log_lik - kl_objects - kl_n
+
+        # Everything in the ELBO that depends on the sampled n, except the analytic KL of n.
+        signal = (log_lik - kl_objects).detach()
+        baseline = self.baseline(self._baseline_input(x, inference)).squeeze(-1)  # (R, B)
+        advantage = signal - baseline.detach()
+        surrogate = elbo + advantage * q_n.log_prob(inference.n)
+        return LossTerms(model_loss=-surrogate.mean(-1),
+                         baseline_loss=(signal - baseline).pow(2).mean(-1),
+                         elbo=elbo.detach(), n=inference.n)
+
+    def _baseline_input(self, x: torch.Tensor, inference: Inference) -> torch.Tensor:
+        R, B = x.shape[:2]
+        parts = [x.reshape(R, B, -1)]
+        if self.config.estimator.baseline_input == "image_and_z":
+            # Continuous latents only: n is sampled given them, so the baseline stays unbiased.
+            parts += [inference.z_what.detach().reshape(R, B, -1),
+                      inference.z_where.detach().reshape(R, B, -1)]
+        return torch.cat(parts, dim=-1)
+
+
+def normal_kl(loc: torch.Tensor, sd: torch.Tensor, prior_loc: torch.Tensor | float,
+              prior_sd: torch.Tensor | float) -> torch.Tensor:
+    """KL(N(loc, sd) || N(prior_loc, prior_sd)) elementwise."""
+    prior_sd = torch.as_tensor(prior_sd, dtype=loc.dtype, device=loc.device)
+    var_ratio = (sd / prior_sd).pow(2)
+    return 0.5 * (var_ratio + ((loc - prior_loc) / prior_sd).pow(2) - 1 - var_ratio.log())

@@ -1,0 +1,212 @@
+"""`python cli.py study ...`: launch, watch and report convergence-rate studies."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from airsearch.study.spec import SpecError, StudySpec, load_spec
+
+TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+                 "in the current directory)")
+
+
+def _tracking(option: str | None) -> str:
+    from airsearch.study.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(option)
+
+
+@click.group()
+def study() -> None:
+    """Convergence-rate studies: many configurations x seeds on Ray Tune, logged to MLflow.
+
+    \b
+    Examples:
+      python cli.py study launch studies/quickstart.yaml
+      python cli.py study launch studies/search.yaml --dry-run
+      python cli.py study status quickstart
+      python cli.py study report quickstart --format markdown
+    """
+
+
+def plan(spec: StudySpec, tracking_uri: str, max_concurrent: int | None) -> str:
+    """The resolved plan of a study, as --dry-run prints it."""
+    lines = [f"study {spec.name}  ({spec.path})"]
+    if spec.question:
+        lines += ["  " + line for line in spec.question.splitlines()]
+    lines += [f"mode: {spec.mode}", f"seeds per configuration: {len(spec.seeds)} "
+              f"{list(spec.seeds)}",
+              f"training: {spec.steps} steps, evaluation every {spec.eval_every}",
+              f"converged: held-out count accuracy >= {spec.threshold} in the last "
+              f"{spec.hold} evaluation(s)",
+              f"objective: convergence rate (max), tie-break {spec.tie_break}",
+              "fixed config: " + (json.dumps(spec.fixed) if spec.fixed else "(defaults)")]
+    if spec.mode == "grid":
+        configs = spec.configurations()
+        lines.append(f"configurations ({len(configs)}):")
+        lines += [f"  {i + 1:3d}. {json.dumps(c)}" for i, c in enumerate(configs)]
+    else:
+        lines.append(f"search space (optuna, {spec.sampler} sampler, seed {spec.sampler_seed}, "
+                     f"budget {spec.budget}):")
+        lines += [f"  {dim.key}: {dim.describe()}" for dim in spec.space]
+        lines += [f"  first point: {json.dumps(p)}" for p in spec.points_to_evaluate]
+    concurrent = max_concurrent or spec.max_concurrent
+    lines += [f"trials: {spec.trial_count} (one per configuration; {spec.trial_count} x "
+              f"{len(spec.seeds)} = {spec.trial_count * len(spec.seeds)} seed runs)",
+              f"resources per trial: {spec.cpus:g} cpu, {spec.gpus:g} gpu; at most "
+              f"{concurrent} at once",
+              f"results: {spec.storage}", f"tracking: {tracking_uri}"]
+    return "\n".join(lines)
+
+
+def _load(path: str) -> StudySpec:
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@study.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--address", default=None,
+              help="Ray cluster to join: auto, or ray://host:10001 (default: start a local "
+                   "runtime on this machine)")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="most trials at once (default: the study's max_concurrent; fixed at the "
+                   "first launch, a resume keeps it)")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None,
+              help="CPUs of the local runtime (default: all)")
+@click.option("--num-gpus", type=click.IntRange(min=0), default=None,
+              help="GPUs of the local runtime (default: detected)")
+@click.option("--dry-run", is_flag=True, help="print the resolved plan and exit")
+@click.option("--restart", is_flag=True,
+              help="delete this study's results (Ray, Optuna, MLflow runs) and start over")
+@click.option("--yes", is_flag=True, help="do not ask before --restart deletes results")
+@click.option("--quiet", is_flag=True, help="no live progress line")
+def launch(spec_path: str, address: str | None, tracking_uri: str | None,
+           max_concurrent: int | None, num_cpus: int | None, num_gpus: int | None,
+           dry_run: bool, restart: bool, yes: bool, quiet: bool) -> None:
+    """Run the study in SPEC, or resume it if its results already exist.
+
+    \b
+    Examples:
+      python cli.py study launch studies/quickstart.yaml
+      python cli.py study launch studies/prior_annealing.yaml --dry-run
+      python cli.py study launch studies/search.yaml --address auto
+      python cli.py study launch studies/quickstart.yaml --restart --yes
+    """
+    spec = _load(spec_path)
+    uri = _tracking(tracking_uri)
+    if dry_run:
+        click.echo(plan(spec, uri, max_concurrent))
+        return
+    from airsearch.study import runner
+    from airsearch.study.report import load_report, render
+
+    if restart and (runner.has_results(spec) or Path(spec.storage).exists()):
+        if not yes:
+            click.confirm(f"delete {spec.storage} and the MLflow runs of study {spec.name}?",
+                          abort=True)
+        deleted = runner.restart(spec, uri)
+        click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
+    elif runner.has_results(spec):
+        click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
+    started = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        outcome = runner.launch(spec, uri, max_concurrent=max_concurrent,
+                                show_progress=not quiet)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    errored = f", {outcome.errored} errored (launch again to retry)" if outcome.errored else ""
+    click.echo(f"{outcome.finished}/{outcome.trials} trials finished{errored} "
+               f"in {outcome.wall_s:.0f} s")
+    click.echo(render(load_report(uri, spec.name), "table"))
+
+
+@study.command()
+@click.argument("name")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def status(name: str, tracking_uri: str | None) -> None:
+    """How far study NAME has got: configurations complete, in progress, best so far.
+
+    \b
+    Example:
+      python cli.py study status quickstart
+    """
+    from airsearch.study.report import StudyNotFound, load_report
+
+    try:
+        report = load_report(_tracking(tracking_uri), name)
+    except StudyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    best = report.best
+    click.echo(f"study {name} ({report.mode}): {len(report.rows)}/{report.expected} "
+               f"configurations complete, {report.running} in progress or interrupted")
+    if best is not None:
+        click.echo(f"best so far: {best.config_id} {best.k}/{best.n} converged "
+                   f"[{best.low:.2f}, {best.high:.2f}] {json.dumps(best.values)}")
+    click.echo(f"results: {report.storage}")
+
+
+@study.command(name="list")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def list_studies(tracking_uri: str | None) -> None:
+    """Studies in the tracking store, with progress and best rate.
+
+    \b
+    Example:
+      python cli.py study list --tracking-uri sqlite:///mlflow.db
+    """
+    from mlflow.tracking import MlflowClient
+
+    from airsearch.study.report import load_report, study_names
+
+    uri = _tracking(tracking_uri)
+    names = study_names(MlflowClient(uri))
+    if not names:
+        click.echo("no studies yet; try: python cli.py study launch studies/quickstart.yaml")
+    for name in names:
+        report = load_report(uri, name)
+        best = report.best
+        text = f"{best.k}/{best.n} ({best.config_id})" if best else "-"
+        click.echo(f"{name:24s} {report.mode:7s} {len(report.rows):4d}/{report.expected:<4d} "
+                   f"best {text}")
+
+
+@study.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
+              default="table", show_default=True)
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="folder for plots and tables (default: <study storage>/report)")
+def report(name: str, fmt: str, tracking_uri: str | None, out: str | None) -> None:
+    """Per configuration: k/n converged, Wilson 95% interval, outcome mix, time to converge.
+
+    Also writes rate-vs-knob plots (and Optuna parameter importances) and logs them to the
+    study's MLflow "report" run.
+
+    \b
+    Examples:
+      python cli.py study report quickstart
+      python cli.py study report search --format csv > search.csv
+    """
+    from airsearch.study.report import StudyNotFound, load_report, render, write_report
+
+    uri = _tracking(tracking_uri)
+    try:
+        result = load_report(uri, name)
+    except StudyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render(result, fmt))
+    folder = Path(out) if out else Path(result.storage or os.getcwd()) / "report"
+    paths = write_report(uri, result, folder)
+    click.echo(f"wrote {len(paths)} files to {folder}", err=True)

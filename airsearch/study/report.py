@@ -1,0 +1,263 @@
+"""What a study found, read back from MLflow: tables and plots of convergence rates.
+
+Reads only complete configurations (the parent runs the driver marked complete), so a
+report taken while a study runs, or after it was killed, never shows half-logged rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen first
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from airsearch.stats import wilson  # noqa: E402
+from airsearch.study.tracking import (  # noqa: E402
+    ALL_OUTCOMES,
+    COMPLETE,
+    CONFIG_ID,
+    KIND,
+    STUDY,
+    VARIED,
+)
+
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+class StudyNotFound(LookupError):
+    """No MLflow experiment holds a study of that name."""
+
+
+@dataclass
+class ConfigRow:
+    """One configuration's result: k of n seeds converged, with its Wilson 95% interval."""
+
+    config_id: str
+    values: dict[str, Any]
+    k: int
+    n: int
+    rate: float
+    low: float
+    high: float
+    objective: float
+    outcomes: dict[str, int]
+    mean_steps_to_converge: float | None
+    mean_seconds_to_converge: float | None
+    error: str
+
+
+@dataclass
+class StudyReport:
+    name: str
+    mode: str
+    varied: list[str]
+    expected: int
+    storage: str
+    rows: list[ConfigRow]  # best first
+    running: int
+
+    @property
+    def best(self) -> ConfigRow | None:
+        return self.rows[0] if self.rows else None
+
+
+def experiment_of(client: MlflowClient, name: str) -> Any:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.tags.get(STUDY) != name:
+        known = ", ".join(study_names(client)) or "none yet"
+        raise StudyNotFound(f"no study named {name!r} in this tracking store; studies: {known}")
+    return experiment
+
+
+def study_names(client: MlflowClient) -> list[str]:
+    return [e.name for e in client.search_experiments(max_results=1000) if STUDY in e.tags]
+
+
+def load_report(tracking_uri: str, name: str) -> StudyReport:
+    """Collect every complete configuration of a study, best first (objective, then id)."""
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_of(client, name)
+    runs = client.search_runs([experiment.experiment_id],
+                              f"tags.`{KIND}` = 'configuration'", max_results=50000)
+    rows = [_row(run) for run in runs if run.data.tags.get(COMPLETE) == "1"]
+    rows.sort(key=lambda r: (-r.objective, r.config_id))
+    tags = experiment.tags
+    return StudyReport(name=name, mode=tags.get("airsearch.mode", "?"),
+                       varied=[k for k in tags.get(VARIED, "").split(",") if k],
+                       expected=int(tags.get("airsearch.trial_count", 0)),
+                       storage=tags.get("airsearch.storage", ""), rows=rows,
+                       running=len(runs) - len(rows))
+
+
+def _row(run: Any) -> ConfigRow:
+    m, tags = run.data.metrics, run.data.tags
+    k, n = int(m["converged"]), int(m["seeds_done"])
+    rate = wilson(k, n)
+    return ConfigRow(
+        config_id=tags[CONFIG_ID], values=json.loads(tags.get("airsearch.overrides", "{}")),
+        k=k, n=n, rate=rate.value, low=rate.low, high=rate.high, objective=m["objective"],
+        outcomes={o: int(m.get(f"outcome/{o}", 0)) for o in ALL_OUTCOMES
+                  if m.get(f"outcome/{o}", 0)},
+        mean_steps_to_converge=m.get("mean_steps_to_converge"),
+        mean_seconds_to_converge=m.get("mean_seconds_to_converge"),
+        error=tags.get("airsearch.error", "").split("\n")[0])
+
+
+def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
+    steps = row.mean_steps_to_converge
+    secs = row.mean_seconds_to_converge
+    cells = {"config": row.config_id}
+    cells.update({key: _fmt(row.values.get(key, "-")) for key in report.varied})
+    cells.update({
+        "converged": f"{row.k}/{row.n}", "rate": f"{row.rate:.2f}",
+        "wilson95": f"[{row.low:.2f}, {row.high:.2f}]",
+        "outcomes": " ".join(f"{o}:{c}" for o, c in row.outcomes.items()),
+        "steps_to_converge": "-" if steps is None else f"{steps:.0f}",
+        "seconds_to_converge": "-" if secs is None else f"{secs:.1f}"})
+    if row.error:
+        cells["outcomes"] += f" ({row.error[:60]})"
+    return cells
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render(report: StudyReport, fmt: str) -> str:
+    """The report as a text table, CSV, JSON or Markdown."""
+    if fmt == "json":
+        return json.dumps({"study": report.name, "mode": report.mode, "varied": report.varied,
+                           "expected_configurations": report.expected,
+                           "best": report.best.config_id if report.best else None,
+                           "configurations": [asdict(r) for r in report.rows]}, indent=2)
+    table = [_cells(report, row) for row in report.rows]
+    header = list(table[0]) if table else ["config", "converged"]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(table)
+        return buffer.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in table]
+    else:
+        widths = {h: max([len(h)] + [len(r[h]) for r in table]) for h in header}
+        lines = ["  ".join(h.ljust(widths[h]) for h in header)]
+        lines += ["  ".join(r[h].ljust(widths[h]) for h in header) for r in table]
+    title = (f"study {report.name} ({report.mode}): {len(report.rows)}/{report.expected} "
+             f"configurations complete")
+    best = report.best
+    footer = (f"best: {best.config_id} {best.k}/{best.n} [{best.low:.2f}, {best.high:.2f}] "
+              f"(ranked by rate, ties by mean held-out count accuracy)" if best else "no "
+              "complete configuration yet")
+    return "\n".join([title, "", *lines, "", footer])
+
+
+def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
+    """One figure per varied knob: each configuration's rate with its Wilson interval."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key in report.varied:
+        rows = [r for r in report.rows if key in r.values]
+        if not rows:
+            continue
+        values = [r.values[key] for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            x = [float(v) for v in values]
+        else:
+            levels = sorted({str(v) for v in values})
+            x = [levels.index(str(v)) for v in values]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        # Configurations sharing a value differ in other knobs: spread them a little.
+        spread = [i * 0.02 * (max(x) - min(x) or 1) for i in _ranks(x)]
+        xs = [a + b for a, b in zip(x, spread, strict=True)]
+        rates = [r.rate for r in rows]
+        err = [[r.rate - r.low for r in rows], [r.high - r.rate for r in rows]]
+        ax.errorbar(xs, rates, yerr=err, fmt="o", capsize=3)
+        if numeric and min(x) > 0 and max(x) / min(x) > 100:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(levels)), levels, rotation=20)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel(key)
+        ax.set_ylabel("convergence rate (Wilson 95%)")
+        ax.set_title(f"{report.name}: rate vs {key}", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"rate_vs_{key}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _ranks(x: list[float]) -> list[int]:
+    """0 for the first configuration at a value, 1 for the second, ..."""
+    seen: dict[float, int] = {}
+    out = []
+    for v in x:
+        out.append(seen.get(v, 0))
+        seen[v] = seen.get(v, 0) + 1
+    return out
+
+
+def plot_importances(report: StudyReport, out_dir: Path) -> Path | None:
+    """Optuna's parameter importances for the objective (None if it cannot tell yet)."""
+    import optuna
+
+    storage = f"sqlite:///{Path(report.storage) / 'optuna.db'}"
+    if report.mode != "optuna" or not (Path(report.storage) / "optuna.db").exists():
+        return None
+    try:
+        study = optuna.load_study(study_name=report.name, storage=storage)
+        importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError, KeyError):  # too few complete trials, one value, ...
+        return None
+    if not importances:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 0.4 * len(importances) + 1.5))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance for the objective (Optuna, PED-ANOVA)")
+    fig.tight_layout()
+    path = out_dir / "param_importances.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[Path]:
+    """Write the tables and plots to out_dir and log them on the study's report run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = plot_rates(report, out_dir)
+    importance = plot_importances(report, out_dir)
+    if importance is not None:
+        paths.append(importance)
+    for fmt, suffix in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
+        path = out_dir / f"report.{suffix}"
+        path.write_text(render(report, fmt))
+        paths.append(path)
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_of(client, report.name)
+    found = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'report'")
+    run_id = (found[0].info.run_id if found else client.create_run(
+        experiment.experiment_id, run_name="report",
+        tags={KIND: "report", STUDY: report.name}).info.run_id)
+    for path in paths:
+        client.log_artifact(run_id, str(path))
+    best = report.best
+    if best is not None:
+        client.log_metric(run_id, "best_convergence_rate", best.rate)
+        client.set_tag(run_id, "airsearch.best_config_id", best.config_id)
+    client.log_metric(run_id, "configurations_complete", len(report.rows))
+    return paths

@@ -1,0 +1,155 @@
+"""Launch a study on Ray Tune, or resume it where its results already exist.
+
+Ray Tune owns scheduling and resume; the Optuna study (optuna.db) and Ray's experiment
+(ray/) live side by side under the study's storage folder, so both come back together.
+Restoring uses `resume_errored=True`: a trial that died with its worker is trained again.
+After the driver is killed, Ray re-runs trials that were not yet in its last snapshot; the
+MLflow callback recognises configurations it already logged, and a final pass over Ray's
+results logs any finished trial the callback missed, so every configuration counts once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+from airsearch.study.space import OBJECTIVE, grid_param_space, optuna_searcher
+from airsearch.study.spec import StudySpec
+from airsearch.study.tracking import MlflowCallback, StudyTracker
+from airsearch.study.trial import run_trial
+
+RAY_DIR = "ray"
+# Forwarded to workers so data loads the same on a cluster as on the driver.
+FORWARDED_ENV = ("AIRSEARCH_CACHE", "AIRSEARCH_MNIST_DIR")
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    """What one launch did: trials Ray holds for the study and how the run went."""
+
+    resumed: bool
+    trials: int
+    finished: int
+    errored: int
+    newly_logged: int
+    wall_s: float
+    results: list[dict[str, Any]]  # each trial's last report
+
+
+def ray_path(spec: StudySpec) -> Path:
+    return Path(spec.storage) / RAY_DIR
+
+
+def start_ray(address: str | None, num_cpus: int | None = None,
+              num_gpus: int | None = None) -> bool:
+    """Join `address` or start a fresh local runtime; False if Ray was already initialised."""
+    if ray.is_initialized():
+        return False
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    env.update({k: str(Path(os.environ[k]).resolve()) for k in FORWARDED_ENV if k in os.environ})
+    if address in (None, "local"):
+        # "local" always starts a fresh runtime, even next to a killed head's leftovers.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    return True
+
+
+def has_results(spec: StudySpec) -> bool:
+    return tune.Tuner.can_restore(str(ray_path(spec)))
+
+
+def restart(spec: StudySpec, tracking_uri: str) -> int:
+    """Delete the study's Ray and Optuna results and its MLflow runs; returns runs deleted."""
+    shutil.rmtree(spec.storage, ignore_errors=True)
+    return StudyTracker(tracking_uri, spec).delete_all()
+
+
+def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = None,
+           show_progress: bool = True) -> LaunchOutcome:
+    """Run (or resume) the study to completion on the current Ray runtime."""
+    started = time.time()
+    # Default loggers include TensorBoard's, which warns on every NaN of a diverged seed;
+    # keep Ray's JSON and CSV results only.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    tracker = StudyTracker(tracking_uri, spec)  # DB and experiment exist before any trial
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
+                                    {"cpu": spec.cpus, "gpu": spec.gpus})
+    resumed = has_results(spec)
+    if resumed:
+        tuner = tune.Tuner.restore(str(ray_path(spec)), trainable=trainable,
+                                   resume_errored=True)
+    else:
+        Path(spec.storage).mkdir(parents=True, exist_ok=True)
+        optuna = spec.mode == "optuna"
+        tuner = tune.Tuner(
+            trainable,
+            param_space={} if optuna else grid_param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=OBJECTIVE, mode="max",
+                search_alg=optuna_searcher(spec) if optuna else None,
+                num_samples=spec.budget if optuna else 1,
+                max_concurrent_trials=max_concurrent or spec.max_concurrent,
+                reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=RAY_DIR, storage_path=spec.storage, verbose=0,
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                           MlflowCallback(tracking_uri, spec),
+                           ProgressCallback(spec.name, spec.trial_count, show_progress)]))
+    grid = tuner.fit()
+    results = [result.metrics or {} for result in grid]
+    finished = [m for m in results if m.get("finished")]
+    newly = sum(tracker.log_final(m["trial_id"], m) for m in finished)
+    return LaunchOutcome(resumed=resumed, trials=len(results), finished=len(finished),
+                         errored=len(results) - len(finished), newly_logged=newly,
+                         wall_s=time.time() - started, results=results)
+
+
+class ProgressCallback(tune.Callback):
+    """One live line on the driver: trials done/running and the best rate so far."""
+
+    def __init__(self, name: str, expected: int, enabled: bool) -> None:
+        self.name = name
+        self.expected = expected
+        self.enabled = enabled
+        self.best: tuple[float, str] = (-1.0, "")
+
+    def _show(self, trials: list, final: bool) -> None:
+        if not self.enabled:
+            return
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = (f"best {self.best[1]}" if self.best[0] >= 0 else "best -")
+        line = f"[{self.name}] trials {done}/{self.expected} done, {running} running, {best}"
+        tty = sys.stderr.isatty()
+        if tty or final:
+            sys.stderr.write(("\r" if tty else "") + line + ("\n" if not tty else ""))
+            sys.stderr.flush()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if result.get("finished") and result[OBJECTIVE] > self.best[0]:
+            rate = (f"{result['converged']}/{result['seeds_done']} converged "
+                    f"(config {result['config_id']})")
+            self.best = (result[OBJECTIVE], rate)
+        self._show(trials, final=False)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._show(trials, final=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._show(trials, final=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.enabled and sys.stderr.isatty():
+            sys.stderr.write("\n")

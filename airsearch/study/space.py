@@ -1,0 +1,80 @@
+"""A study's search space in the forms Ray Tune and Optuna take.
+
+Grid mode hands Tune one `grid_search` over whole configurations (not one per key): a
+per-key grid next to sampled keys would resample them per cell, and conditional keys would
+multiply configurations that are in fact the same.
+
+Optuna mode uses a define-by-run space so that conditional keys (a decay's final value only
+when the schedule decays) are suggested only when active. OptunaSearch pickles the space with
+its state, so it is a module-level class here: a closure or a `__main__` function hangs
+Tune's restore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from airsearch.study.spec import Dimension, StudySpec
+
+OBJECTIVE = "objective"
+OPTUNA_FILE = "optuna.db"
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """Optuna define-by-run space: suggests each active key of the study, in file order."""
+
+    space: tuple[Dimension, ...]
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        chosen: dict[str, Any] = {}
+        for dim in self.space:
+            if not dim.active(chosen):
+                continue
+            if dim.values is not None:
+                chosen[dim.key] = trial.suggest_categorical(dim.key, list(dim.values))
+            elif isinstance(dim.low, int) and isinstance(dim.high, int):
+                chosen[dim.key] = trial.suggest_int(dim.key, dim.low, dim.high,
+                                                    step=int(dim.step or 1), log=dim.log)
+            else:
+                chosen[dim.key] = trial.suggest_float(dim.key, float(dim.low), float(dim.high),
+                                                      step=dim.step, log=dim.log)
+
+
+def grid_param_space(spec: StudySpec) -> dict[str, Any]:
+    """Tune param_space for grid mode: one trial per distinct configuration."""
+    return {"overrides": tune.grid_search(spec.configurations())}
+
+
+def optuna_storage_url(spec: StudySpec) -> str:
+    """The Optuna study lives next to Ray's results, so both resume together."""
+    return f"sqlite:///{Path(spec.storage) / OPTUNA_FILE}"
+
+
+def optuna_searcher(spec: StudySpec) -> OptunaSearch:
+    """OptunaSearch with the study's seeded sampler, warm-start points and sqlite storage."""
+    if spec.sampler == "tpe":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    Path(spec.storage).mkdir(parents=True, exist_ok=True)
+    return OptunaSearch(
+        space=DefineByRun(spec.space),
+        metric=OBJECTIVE,
+        mode="max",
+        sampler=sampler,
+        points_to_evaluate=[dict(p) for p in spec.points_to_evaluate] or None,
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(optuna_storage_url(spec)),
+    )
+
+
+def overrides_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The searched values of one trial, whichever mode produced them."""
+    return dict(params["overrides"]) if "overrides" in params else dict(params)

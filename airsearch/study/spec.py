@@ -1,0 +1,456 @@
+"""The study file: what a study varies, how it searches and where its results go.
+
+A study asks one question ("does prior annealing make AIR count more reliably?") and answers
+it with convergence rates: every configuration is trained on the same seeds and scored by
+the share that converge. The whole file is validated before Ray starts, so a typo costs a
+second, not a cluster hour. Every error names the file, the field and what is allowed.
+
+Schema (every AIR knob is a dotted key of `airsearch.config.AIRConfig`):
+
+    name: prior_annealing            # experiment name; letters, digits, - and _
+    config: {data.digit_size: 21}    # fixed AIR knobs shared by every configuration
+    seeds: 5                         # 5 -> seeds 0..4, or an explicit list [3, 7, 11]
+    training: {steps: 2000, eval_every: 250}
+    convergence: {threshold: 0.95, hold: 1}
+    objective: {tie_break: eval/count_accuracy}   # or none
+    search:
+      mode: grid                     # grid: every combination of listed values
+      space:
+        prior.z_pres.schedule: [constant, exponential]
+        prior.z_pres.final: {values: [1.0e-5, 1.0e-10],
+                             when: {prior.z_pres.schedule: [linear, exponential]}}
+    # or
+    search:
+      mode: optuna
+      sampler: tpe                   # tpe | random
+      seed: 0
+      budget: 30                     # configurations Optuna proposes
+      points_to_evaluate: [{train.lr: 1.0e-4}]
+      space:
+        train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}   # type follows the knob
+        model.mlp_depth: {low: 1, high: 3}
+        init.where_loc: [prior, zero]                      # categorical
+    resources: {cpus: 1, gpus: 0}    # per trial; fractional gpus pack trials on one GPU
+    max_concurrent: 2
+    storage: ./runs/prior_annealing  # default ./runs/<name>, relative to the launch cwd
+
+A key with `when` is only set while the keys it names take one of the listed values (e.g. a
+decay's final value only matters when the schedule decays); in grid mode the combinations
+that then coincide are trained once.
+
+Objective: the convergence rate k/n, maximised. Ties are broken by the mean held-out count
+accuracy over all seeds, added with weight TIE_BREAK_WEIGHT: less than one seed's worth of
+rate for up to MAX_SEEDS seeds, so it never overturns a difference in k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from airsearch.config import AIRConfig, ConfigError, check_value, coerce, knob_specs
+
+MODES = ("grid", "optuna")
+SAMPLERS = ("tpe", "random")
+TIE_BREAKS = ("eval/count_accuracy", "none")
+TIE_BREAK_WEIGHT = 1e-3
+MAX_SEEDS = 999
+# Set by the study's own sections (training, convergence), never by `config` or `space`.
+OWNED_KEYS = {"train.steps": "training.steps", "train.eval_every": "training.eval_every",
+              "eval.threshold": "convergence.threshold", "eval.hold": "convergence.hold"}
+TOP_LEVEL = ("name", "config", "seeds", "training", "convergence", "objective", "search",
+             "resources", "max_concurrent", "storage")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class SpecError(ValueError):
+    """A study file is invalid; the message names the file, the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key: listed `values` (grid values or categorical choices) or a range."""
+
+    key: str
+    values: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    def active(self, assigned: dict[str, Any]) -> bool:
+        """Whether this key matters given the values already chosen for the keys it depends on."""
+        return all(assigned.get(key) in allowed for key, allowed in self.when)
+
+    def describe(self) -> str:
+        if self.values is not None:
+            text = "{" + ", ".join(map(str, self.values)) + "}"
+        else:
+            text = f"[{self.low}, {self.high}]" + (" log" if self.log else "")
+            text += f" step {self.step}" if self.step else ""
+        for key, allowed in self.when:
+            text += f"  when {key} in {{{', '.join(map(str, allowed))}}}"
+        return text
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file."""
+
+    name: str
+    path: str
+    fixed: dict[str, Any]
+    seeds: tuple[int, ...]
+    steps: int
+    eval_every: int
+    threshold: float
+    hold: int
+    tie_break: str
+    mode: str
+    space: tuple[Dimension, ...]
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    budget: int = 0
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_concurrent: int = 1
+    storage: str = ""
+    question: str = field(default="", compare=False)
+
+    def base_flat(self) -> dict[str, Any]:
+        """The fixed part of every configuration: `config` plus training and convergence."""
+        return {**self.fixed, "train.steps": self.steps, "train.eval_every": self.eval_every,
+                "eval.threshold": self.threshold, "eval.hold": self.hold}
+
+    def config_for(self, overrides: dict[str, Any]) -> AIRConfig:
+        """The full AIR config of one configuration (raises ConfigError if inconsistent)."""
+        return AIRConfig.from_flat({**self.base_flat(), **overrides})
+
+    def configurations(self) -> list[dict[str, Any]]:
+        """Grid mode: every distinct combination of the listed values, inactive keys dropped."""
+        found: dict[str, dict[str, Any]] = {}
+        for combo in itertools.product(*(dim.values for dim in self.space)):
+            chosen: dict[str, Any] = {}
+            for dim, value in zip(self.space, combo, strict=True):
+                if dim.active(chosen):
+                    chosen[dim.key] = value
+            found.setdefault(config_id(chosen), chosen)
+        return list(found.values())
+
+    @property
+    def varied(self) -> tuple[str, ...]:
+        return tuple(dim.key for dim in self.space)
+
+    @property
+    def trial_count(self) -> int:
+        return len(self.configurations()) if self.mode == "grid" else self.budget
+
+    def objective(self, rate: float, mean_accuracy: float) -> float:
+        """Rate first; the tie-break can never outweigh one more converged seed."""
+        if self.tie_break == "none" or not math.isfinite(mean_accuracy):
+            return rate
+        return rate + TIE_BREAK_WEIGHT * mean_accuracy
+
+
+def config_id(overrides: dict[str, Any]) -> str:
+    """A short stable id of one configuration of a study (its searched values)."""
+    text = json.dumps(overrides, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; raises SpecError naming the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such study file") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(raw, path=str(path), question=_header(path))
+
+
+def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
+    """Validate a parsed study file (a mapping) into a StudySpec."""
+    v = _Validator(path)
+    doc = v.mapping(raw, "the file", TOP_LEVEL)
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        v.fail("name", f"{name!r} is not allowed; allowed: letters, digits, - and _ "
+               "(it names the MLflow experiment and the results folder)")
+    fixed = v.fixed_config(doc.get("config", {}))
+    seeds = v.seeds(doc.get("seeds"))
+    training = v.mapping(doc.get("training", {}), "training", ("steps", "eval_every"))
+    convergence = v.mapping(doc.get("convergence", {}), "convergence", ("threshold", "hold"))
+    steps = v.knob("train.steps", training.get("steps", knob_specs()["train.steps"].default),
+                   "training.steps")
+    eval_every = v.knob("train.eval_every", training.get("eval_every", max(1, steps // 10)),
+                        "training.eval_every")
+    threshold = v.knob("eval.threshold", convergence.get("threshold", 0.95),
+                       "convergence.threshold")
+    hold = v.knob("eval.hold", convergence.get("hold", 1), "convergence.hold")
+    objective = v.mapping(doc.get("objective", {}), "objective", ("tie_break",))
+    tie_break = objective.get("tie_break", TIE_BREAKS[0])
+    if tie_break not in TIE_BREAKS:
+        v.fail("objective.tie_break", f"{tie_break!r} is not allowed; allowed: one of "
+               + ", ".join(TIE_BREAKS))
+    search = v.mapping(doc.get("search"), "search",
+                       ("mode", "space", "sampler", "seed", "budget", "points_to_evaluate"))
+    mode = search.get("mode")
+    if mode not in MODES:
+        v.fail("search.mode", f"{mode!r} is not allowed; allowed: one of {', '.join(MODES)}")
+    space = v.space(search.get("space"), mode, fixed)
+    resources = v.mapping(doc.get("resources", {}), "resources", ("cpus", "gpus"))
+    cpus = v.number(resources.get("cpus", 1), "resources.cpus", low=0.0, low_open=True)
+    gpus = v.number(resources.get("gpus", 0), "resources.gpus", low=0.0)
+    if gpus > 1 and not float(gpus).is_integer():
+        v.fail("resources.gpus", f"{gpus} is not allowed; allowed: a fraction of one GPU "
+               "(0 < gpus <= 1) or a whole number")
+    max_concurrent = int(v.number(doc.get("max_concurrent", 1), "max_concurrent", low=1,
+                                  integer=True))
+    storage = doc.get("storage", f"./runs/{name}")
+    if not isinstance(storage, str) or not storage:
+        v.fail("storage", f"{storage!r} is not allowed; allowed: a folder path")
+    extra: dict[str, Any] = {}
+    if mode == "grid":
+        for key in ("sampler", "seed", "budget", "points_to_evaluate"):
+            if key in search:
+                v.fail(f"search.{key}", "only applies to mode optuna; allowed in grid mode: "
+                       "mode, space")
+    else:
+        sampler = search.get("sampler", "tpe")
+        if sampler not in SAMPLERS:
+            v.fail("search.sampler", f"{sampler!r} is not allowed; allowed: one of "
+                   + ", ".join(SAMPLERS))
+        extra = {
+            "sampler": sampler,
+            "sampler_seed": int(v.number(search.get("seed", 0), "search.seed", low=0,
+                                         integer=True)),
+            "budget": int(v.number(search.get("budget"), "search.budget", low=1,
+                                   integer=True)),
+            "points_to_evaluate": v.points(search.get("points_to_evaluate", []), space),
+        }
+    spec = StudySpec(name=name, path=path, fixed=fixed, seeds=seeds, steps=steps,
+                     eval_every=eval_every, threshold=threshold, hold=hold, tie_break=tie_break,
+                     mode=mode, space=space, cpus=cpus, gpus=gpus,
+                     max_concurrent=max_concurrent, storage=str(Path(storage).expanduser()
+                                                                .resolve()),
+                     question=question, **extra)
+    v.whole_configs(spec)
+    return spec
+
+
+class _Validator:
+    """Field-by-field checks that all raise SpecError with the file and field named."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.specs = knob_specs()
+
+    def fail(self, where: str, message: str) -> None:
+        raise SpecError(f"{self.path}: {where}: {message}")
+
+    def mapping(self, raw: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.fail(where, f"expected a mapping with keys {', '.join(allowed)}, got {raw!r}")
+        unknown = [k for k in raw if k not in allowed]
+        if unknown:
+            field_name = unknown[0] if where == "the file" else f"{where}.{unknown[0]}"
+            self.fail(field_name, f"unknown field; allowed: {', '.join(allowed)}")
+        return raw
+
+    def number(self, raw: Any, where: str, low: float | None = None, low_open: bool = False,
+               integer: bool = False) -> float:
+        kind = "an integer" if integer else "a number"
+        ok = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+        if ok and integer and isinstance(raw, float) and not raw.is_integer():
+            ok = False
+        if ok and (not math.isfinite(raw) or (low is not None and
+                                             (raw < low or (low_open and raw == low)))):
+            ok = False
+        if not ok:
+            bound = "" if low is None else f" {'>' if low_open else '>='} {low}"
+            self.fail(where, f"{raw!r} is not allowed; allowed: {kind}{bound}")
+        return raw
+
+    def knob(self, key: str, raw: Any, where: str) -> Any:
+        """One value of an AIR knob, coerced and range-checked."""
+        if key not in self.specs:
+            self.fail(where, f"unknown AIR config key {key!r}; allowed: "
+                      + ", ".join(self.specs))
+        try:
+            value = coerce(key, raw)
+            check_value(key, value, self.specs[key])
+        except ConfigError as exc:
+            self.fail(where, str(exc))
+        return value
+
+    def fixed_config(self, raw: Any) -> dict[str, Any]:
+        config = self.mapping(raw, "config", tuple(self.specs))
+        for key in config:
+            if key in OWNED_KEYS:
+                self.fail(f"config.{key}", f"set it as {OWNED_KEYS[key]} instead")
+        return {key: self.knob(key, value, f"config.{key}") for key, value in config.items()}
+
+    def seeds(self, raw: Any) -> tuple[int, ...]:
+        if isinstance(raw, list):
+            if not raw or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                  for s in raw) or len(set(raw)) != len(raw):
+                self.fail("seeds", f"{raw!r} is not allowed; allowed: a count, or a list of "
+                          "distinct non-negative integers")
+            seeds = tuple(raw)
+        else:
+            seeds = tuple(range(int(self.number(raw, "seeds", low=1, integer=True))))
+        if len(seeds) > MAX_SEEDS:
+            self.fail("seeds", f"{len(seeds)} seeds; allowed: at most {MAX_SEEDS} (the "
+                      "objective's tie-break weight assumes it)")
+        return seeds
+
+    def space(self, raw: Any, mode: str, fixed: dict[str, Any]) -> tuple[Dimension, ...]:
+        if not isinstance(raw, dict) or not raw:
+            self.fail("search.space", "expected a non-empty mapping of AIR config keys to "
+                      "values or ranges")
+        dims: list[Dimension] = []
+        for key, entry in raw.items():
+            where = f"search.space.{key}"
+            if key not in self.specs:
+                self.fail(where, "unknown AIR config key; allowed: " + ", ".join(self.specs))
+            if key in OWNED_KEYS:
+                self.fail(where, f"not searchable here; set it as {OWNED_KEYS[key]}")
+            if key in fixed:
+                self.fail(where, "also set in config; a key is either fixed or searched")
+            dims.append(self.dimension(key, entry, mode, where, fixed, dims))
+        return tuple(dims)
+
+    def dimension(self, key: str, entry: Any, mode: str, where: str, fixed: dict[str, Any],
+                  earlier: list[Dimension]) -> Dimension:
+        spec = self.specs[key]
+        if isinstance(entry, list):
+            entry = {"values": entry}
+        allowed = ("values", "when") if mode == "grid" else ("values", "low", "high", "log",
+                                                             "step", "when")
+        entry = self.mapping(entry, where, allowed)
+        when = self.when(entry.get("when", {}), where, fixed, earlier)
+        if "values" in entry:
+            if any(k in entry for k in ("low", "high", "log", "step")):
+                self.fail(where, "give either values or a range (low, high), not both")
+            values = entry["values"]
+            if not isinstance(values, list) or not values:
+                self.fail(f"{where}.values", "expected a non-empty list")
+            checked = tuple(self.knob(key, value, f"{where}.values") for value in values)
+            if len(set(checked)) != len(checked):
+                self.fail(f"{where}.values", f"repeated value in {list(checked)}")
+            return Dimension(key, values=checked, when=when)
+        if mode == "grid":
+            self.fail(where, "grid mode needs a list of values")
+        if spec.choices is not None or spec.type not in (int, float):
+            self.fail(where, f"{spec.type.__name__} knob: give a list of choices; allowed: "
+                      f"{spec.allowed()}")
+        if "low" not in entry or "high" not in entry:
+            self.fail(where, "a range needs low and high (or give a list of values)")
+        low = self.knob(key, entry["low"], f"{where}.low")
+        high = self.knob(key, entry["high"], f"{where}.high")
+        if not low < high:
+            self.fail(where, f"low ({low}) must be below high ({high})")
+        log = entry.get("log", False)
+        if not isinstance(log, bool):
+            self.fail(f"{where}.log", f"{log!r} is not allowed; allowed: true, false")
+        if log and low <= 0:
+            self.fail(f"{where}.log", f"a log range needs low > 0, got {low}")
+        step = entry.get("step")
+        if step is not None:
+            step = self.number(step, f"{where}.step", low=0, low_open=True,
+                               integer=spec.type is int)
+            if log:
+                self.fail(f"{where}.step", "step and log cannot be combined (Optuna)")
+        return Dimension(key, low=low, high=high, log=log, step=step, when=when)
+
+    def when(self, raw: Any, where: str, fixed: dict[str, Any],
+             earlier: list[Dimension]) -> tuple[tuple[str, tuple], ...]:
+        raw = self.mapping(raw, f"{where}.when", tuple(self.specs))
+        conditions = []
+        earlier_keys = {dim.key: dim for dim in earlier}
+        for key, allowed in raw.items():
+            here = f"{where}.when.{key}"
+            if key in fixed:
+                self.fail(here, "is fixed in config, so the condition is constant; drop it")
+            if key not in earlier_keys or earlier_keys[key].values is None:
+                self.fail(here, "a condition must name a categorical key listed earlier in "
+                          "search.space; allowed: "
+                          + (", ".join(k for k, d in earlier_keys.items() if d.values)
+                             or "none yet"))
+            if not isinstance(allowed, list):
+                allowed = [allowed]
+            values = tuple(self.knob(key, value, here) for value in allowed)
+            unknown = [x for x in values if x not in earlier_keys[key].values]
+            if unknown:
+                self.fail(here, f"{unknown[0]!r} is never searched; allowed: "
+                          + ", ".join(map(str, earlier_keys[key].values)))
+            conditions.append((key, values))
+        return tuple(conditions)
+
+    def points(self, raw: Any, space: tuple[Dimension, ...]) -> tuple[dict[str, Any], ...]:
+        if not isinstance(raw, list):
+            self.fail("search.points_to_evaluate", "expected a list of {key: value} mappings")
+        dims = {dim.key: dim for dim in space}
+        points = []
+        for i, point in enumerate(raw):
+            where = f"search.points_to_evaluate[{i}]"
+            point = self.mapping(point, where, tuple(dims))
+            checked: dict[str, Any] = {}
+            for dim in space:
+                if not dim.active(checked):
+                    if dim.key in point:
+                        self.fail(f"{where}.{dim.key}", "is inactive under this point's "
+                                  "conditions; drop it")
+                    continue
+                if dim.key not in point:
+                    self.fail(where, f"missing {dim.key} (every active searched key needs a "
+                              "value)")
+                value = self.knob(dim.key, point[dim.key], f"{where}.{dim.key}")
+                inside = (value in dim.values if dim.values is not None
+                          else dim.low <= value <= dim.high)
+                if not inside:
+                    self.fail(f"{where}.{dim.key}", f"{value!r} is outside the search space; "
+                              f"allowed: {dim.describe()}")
+                checked[dim.key] = value
+            points.append(checked)
+        return tuple(points)
+
+    def whole_configs(self, spec: StudySpec) -> None:
+        """Cross-key rules (e.g. max_digits <= max_steps) on every configuration we can list."""
+        try:
+            spec.config_for({})
+        except ConfigError as exc:
+            self.fail("config", str(exc))
+        if spec.mode == "grid":
+            candidates = spec.configurations()
+        else:
+            candidates = list(spec.points_to_evaluate) + [
+                {dim.key: bound} for dim in spec.space
+                for bound in (dim.values or (dim.low, dim.high))]
+        for overrides in candidates:
+            try:
+                spec.config_for(overrides)
+            except ConfigError as exc:
+                self.fail("search.space", f"configuration {overrides} is invalid: {exc}")
+
+
+def _header(path: Path) -> str:
+    """The leading comment block of a study file: the question it asks, and its cost."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return "\n".join(lines).strip()

@@ -1,0 +1,211 @@
+"""MLflow layout of a study, written by the driver alone.
+
+One experiment per study; one parent run per configuration (params: its whole AIR config;
+metrics: the rate, its Wilson interval, outcome counts, time to converge); one child run per
+seed (curves, outcome, reconstruction figure). Workers never touch MLflow: concurrent first
+writes to a sqlite store race, and a worker's cwd would become the artifact root.
+
+Logging is idempotent so that a resumed study counts every configuration once: parent runs
+are keyed by configuration id, a parent is marked complete only after its children are
+logged, and a rerun of a complete configuration (a trial Ray replays after the driver was
+killed) is skipped. An incomplete parent's children are replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+from airsearch.config import ConfigError
+from airsearch.study.space import overrides_from_params
+from airsearch.study.spec import StudySpec
+from airsearch.study.trial import ERROR, decode_artifacts
+from airsearch.training.outcomes import OUTCOMES
+
+STUDY = "airsearch.study"
+KIND = "airsearch.kind"
+CONFIG_ID = "airsearch.config_id"
+COMPLETE = "airsearch.complete"
+SEED = "airsearch.seed"
+OUTCOME = "airsearch.outcome"
+TRIAL_ID = "airsearch.trial_id"
+VARIED = "airsearch.varied"
+ALL_OUTCOMES = (*OUTCOMES, ERROR)
+BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
+
+
+def resolve_tracking_uri(option: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch cwd."""
+    uri = option or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class StudyTracker:
+    """Reads and writes one study's experiment."""
+
+    def __init__(self, tracking_uri: str, spec: StudySpec) -> None:
+        self.uri = tracking_uri
+        self.spec = spec
+        self.name = spec.name
+        self.client = MlflowClient(tracking_uri)
+        self._parents: dict[str, str] = {}
+        experiment = self.client.get_experiment_by_name(spec.name)
+        tags = {STUDY: spec.name, "airsearch.mode": spec.mode, "airsearch.spec": spec.path,
+                "airsearch.storage": spec.storage, VARIED: ",".join(spec.varied),
+                "airsearch.trial_count": str(spec.trial_count),
+                "airsearch.seeds": str(len(spec.seeds)),
+                "mlflow.note.content": spec.question or spec.name}
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(spec.name, tags=tags)
+        else:
+            self.experiment_id = experiment.experiment_id
+            for key, value in tags.items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def _runs(self, filter_string: str) -> list[Any]:
+        return list(self.client.search_runs([self.experiment_id], filter_string,
+                                            max_results=50000))
+
+    def parent(self, cid: str, overrides: dict[str, Any], trial_id: str) -> Any:
+        """The configuration's parent run, created (with its params) on first sight."""
+        if cid not in self._parents:
+            found = self._runs(f"tags.`{KIND}` = 'configuration' and tags.`{CONFIG_ID}` = "
+                               f"'{cid}'")
+            if found:
+                self._parents[cid] = found[0].info.run_id
+            else:
+                run = self.client.create_run(self.experiment_id, run_name=f"config-{cid}", tags={
+                    KIND: "configuration", STUDY: self.spec.name, CONFIG_ID: cid,
+                    TRIAL_ID: trial_id, VARIED: ",".join(self.spec.varied),
+                    "airsearch.overrides": json.dumps(overrides, sort_keys=True)})
+                params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
+                self.client.log_batch(run.info.run_id, params=params)
+                self._parents[cid] = run.info.run_id
+        return self.client.get_run(self._parents[cid])
+
+    def _flat(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.spec.config_for(overrides).to_flat()
+        except ConfigError:  # the trial reports the error; keep what was asked for
+            return {**self.spec.base_flat(), **overrides}
+
+    def log_progress(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Live progress on the parent while the configuration trains."""
+        overrides = overrides_from_params(result["config"])
+        parent = self.parent(result["config_id"], overrides, trial_id)
+        if parent.data.tags.get(COMPLETE) == "1":
+            return
+        now = int(time.time() * 1000)
+        step = int(result["step"])
+        metrics = [Metric(f"progress/{k}", float(result[k]), now, step)
+                   for k in ("convergence_rate", "wilson_low", "wilson_high")]
+        self.client.log_batch(parent.info.run_id, metrics=metrics)
+
+    def log_final(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Log a finished configuration once; False when it was already complete."""
+        overrides = json.loads(result["overrides_json"])
+        parent = self.parent(result["config_id"], overrides, trial_id)
+        if parent.data.tags.get(COMPLETE) == "1":
+            return False
+        run_id = parent.info.run_id
+        for stale in self._runs(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'"):
+            self.client.delete_run(stale.info.run_id)
+        seeds = json.loads(result["seeds_json"])
+        figures = decode_artifacts(result["artifacts_json"])
+        for rec in seeds:
+            self._log_seed(run_id, result["config_id"], rec, figures)
+        counts = {name: sum(r["outcome"] == name for r in seeds) for name in ALL_OUTCOMES}
+        steps = [r["steps_to_converge"] for r in seeds if r["steps_to_converge"] is not None]
+        secs = [r["seconds_to_converge"] for r in seeds if r["seconds_to_converge"] is not None]
+        values = {"convergence_rate": result["convergence_rate"],
+                  "wilson_low": result["wilson_low"], "wilson_high": result["wilson_high"],
+                  "objective": result["objective"], "seeds_done": result["seeds_done"],
+                  "converged": result["converged"],
+                  **{f"outcome/{name}": n for name, n in counts.items()}}
+        if steps:
+            values["mean_steps_to_converge"] = sum(steps) / len(steps)
+            values["mean_seconds_to_converge"] = sum(secs) / len(secs)
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
+                                               for k, v in values.items()])
+        tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "1")]
+        if result["error"]:
+            tags.append(RunTag("airsearch.error", result["error"][:7000]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, "FAILED" if result["error"] else "FINISHED")
+        return True
+
+    def _log_seed(self, parent_id: str, cid: str, rec: dict[str, Any],
+                  figures: dict[str, bytes]) -> None:
+        name = f"config-{cid}-seed-{rec['seed']}"
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={MLFLOW_PARENT_RUN_ID: parent_id, KIND: "seed",
+                                           STUDY: self.spec.name, CONFIG_ID: cid,
+                                           SEED: str(rec["seed"]), OUTCOME: rec["outcome"]})
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, int(row["step"]))
+                   for row in rec["history"] for key, value in row.items()
+                   if key not in ("step", "seed") and math.isfinite(value)]
+        for key in ("steps_to_converge", "seconds_to_converge"):
+            if rec[key] is not None:
+                metrics.append(Metric(key, float(rec[key]), now, 0))
+        for start in range(0, len(metrics), BATCH):
+            self.client.log_batch(run.info.run_id, metrics=metrics[start:start + BATCH])
+        with tempfile.TemporaryDirectory() as tmp:
+            confusion = Path(tmp) / "confusion.json"
+            confusion.write_text(json.dumps({"rows_true_count": rec["confusion"],
+                                             "final": rec["final"]}))
+            self.client.log_artifact(run.info.run_id, str(confusion))
+            if rec["figure"] in figures:
+                figure = Path(tmp) / Path(rec["figure"]).name
+                figure.write_bytes(figures[rec["figure"]])
+                self.client.log_artifact(run.info.run_id, str(figure))
+        self.client.set_terminated(run.info.run_id,
+                                   "FAILED" if rec["outcome"] == ERROR else "FINISHED")
+
+    def delete_all(self) -> int:
+        """For --restart: the study's runs go, the experiment (and its id) stays."""
+        runs = self._runs("")
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
+
+
+class MlflowCallback(tune.Callback):
+    """Runs on the driver: streams progress and logs each finished configuration once."""
+
+    def __init__(self, tracking_uri: str, spec: StudySpec) -> None:
+        self.uri = tracking_uri
+        self.spec = spec
+        self._tracker: StudyTracker | None = None
+
+    @property
+    def tracker(self) -> StudyTracker:
+        if self._tracker is None:
+            self._tracker = StudyTracker(self.uri, self.spec)
+        return self._tracker
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with the experiment; an MLflow client is reopened instead.
+        return {**self.__dict__, "_tracker": None}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if not result.get("finished"):
+            self.tracker.log_progress(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.last_result.get("finished"):
+            self.tracker.log_final(trial.trial_id, trial.last_result)

@@ -1,0 +1,138 @@
+"""One Ray Tune trial: one configuration trained on all the study's seeds.
+
+The seeds run as vectorised replicas in this one process (`train_seeds`), so a trial's cost
+is one configuration, and its result is that configuration's convergence rate.
+
+Failures are reported as values, never raised: a raised trial is dropped from Optuna's view
+(it would inflate the rate, or leave the Optuna trial running forever) and from the report.
+An exception therefore becomes every seed with outcome "error" and the message attached.
+
+Everything the driver needs travels inside the final report, figures included (as base64),
+so it works on a cluster where the worker's disk is not the driver's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from airsearch.stats import wilson
+from airsearch.study.space import OBJECTIVE, overrides_from_params
+from airsearch.study.spec import StudySpec, config_id
+from airsearch.training.outcomes import converged
+
+ERROR = "error"
+ACCURACY = "eval/count_accuracy"
+
+
+def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
+    """Tune function trainable: train, report progress on every evaluation, report the rate."""
+    from airsearch.training.trainer import train_seeds
+
+    torch.set_num_threads(max(1, math.floor(spec.cpus)))
+    overrides = overrides_from_params(params)
+    cid = config_id(overrides)
+    started = time.time()
+    placement = {"config_id": cid, "node_id": ray.get_runtime_context().get_node_id(),
+                 "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
+                 "started_at": started}
+    history: dict[int, list[dict[str, float]]] = {s: [] for s in spec.seeds}
+
+    def on_eval(record: Any) -> None:
+        for row in record.per_seed:
+            history[int(row["seed"])].append(row)
+        rate = wilson(sum(_holds(rows, spec) for rows in history.values()), len(spec.seeds))
+        accuracy = _mean(rows[-1].get(ACCURACY, math.nan) for rows in history.values() if rows)
+        tune.report({OBJECTIVE: spec.objective(rate.value, accuracy),
+                     "convergence_rate": rate.value, "wilson_low": rate.low,
+                     "wilson_high": rate.high, "step": record.step, "finished": 0,
+                     "per_seed": {str(int(row["seed"])): dict(row) for row in record.per_seed},
+                     **placement})
+
+    try:
+        config = spec.config_for(overrides)
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        with tempfile.TemporaryDirectory(prefix="airsearch-") as tmp:
+            summary = train_seeds(config, spec.seeds, out_dir=Path(tmp), on_eval=on_eval,
+                                  device=device, progress=False)
+            seeds = [_seed_record(result, Path(tmp)) for result in summary.seeds]
+            artifacts = {rec["figure"]: _b64(Path(tmp) / rec["figure"])
+                         for rec in seeds if rec["figure"]}
+        error = ""
+    except Exception as exc:  # noqa: BLE001 -- a failed configuration is a result, not a crash
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        seeds = [_error_record(s) for s in spec.seeds]
+        artifacts = {}
+    tune.report(final_metrics(spec, overrides, seeds, error, artifacts,
+                              {**placement, "ended_at": time.time()}))
+
+
+def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[dict[str, Any]],
+                  error: str, artifacts: dict[str, str], placement: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The trial's last report: the rate, and per-seed records as JSON strings (not flattened)."""
+    k = sum(rec["outcome"] == "converged" for rec in seeds)
+    rate = wilson(k, len(seeds))
+    accuracy = _mean(rec["final"].get(ACCURACY, math.nan) for rec in seeds)
+    return {OBJECTIVE: spec.objective(rate.value, accuracy), "convergence_rate": rate.value,
+            "wilson_low": rate.low, "wilson_high": rate.high, "converged": k,
+            "seeds_done": len(seeds), "finished": 1, "error": error,
+            "overrides_json": json.dumps(overrides, sort_keys=True),
+            "seeds_json": json.dumps(seeds), "artifacts_json": json.dumps(artifacts),
+            **placement}
+
+
+def _seed_record(result: Any, out_dir: Path) -> dict[str, Any]:
+    figure = None
+    if result.figure_path and Path(result.figure_path).exists():
+        figure = str(Path(result.figure_path).resolve().relative_to(out_dir.resolve()))
+    return {"seed": int(result.seed), "outcome": result.outcome, "final": _floats(result.final),
+            "steps_to_converge": result.steps_to_converge,
+            "seconds_to_converge": result.seconds_to_converge,
+            "confusion": result.confusion, "history": [_floats(h) for h in result.history],
+            "figure": figure}
+
+
+def _error_record(seed: int) -> dict[str, Any]:
+    return {"seed": seed, "outcome": ERROR, "final": {}, "steps_to_converge": None,
+            "seconds_to_converge": None, "confusion": [], "history": [], "figure": None}
+
+
+def _holds(rows: list[dict[str, float]], spec: StudySpec) -> bool:
+    """The study's convergence rule applied to the evaluations seen so far."""
+    accuracies = [r.get(ACCURACY, 0.0) for r in rows]
+    return converged(accuracies, spec.threshold, spec.hold) and not rows[-1].get("diverged", 0)
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric metrics as floats; NaN of a diverged seed survives the JSON round trip."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _mean(values: Any) -> float:
+    finite = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def decode_artifacts(artifacts_json: str) -> dict[str, bytes]:
+    """Figures shipped back from the worker: relative path -> bytes."""
+    return {name: base64.b64decode(data) for name, data in json.loads(artifacts_json).items()}
+
+
+def seeds_of(result: dict[str, Any]) -> Sequence[dict[str, Any]]:
+    return json.loads(result["seeds_json"])

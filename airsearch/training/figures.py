@@ -1,0 +1,45 @@
+"""The blog's picture: inputs, reconstructions with glimpse boxes coloured by step, presence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+STEP_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:cyan")
+
+
+def reconstruction_figure(images: np.ndarray, canvases: np.ndarray, boxes: np.ndarray,
+                          presence: np.ndarray, title: str, path: Path) -> Path:
+    """images, canvases (N, H, W); boxes (N, K, 4) pixels; presence (N, K) probabilities."""
+    n, steps = presence.shape
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(np.clip(canvases[i], 0, 1), cmap="gray", vmin=0, vmax=1)
+        count = 0
+        for k in range(steps):
+            if presence[i, k] <= 0.5 or count < k:
+                continue
+            count += 1
+            x0, y0, x1, y1 = boxes[i, k]
+            axes[1, i].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5,
+                                           edgecolor=STEP_COLOURS[k % len(STEP_COLOURS)]))
+        axes[1, i].set_xlabel(" ".join(f"{p:.2f}" for p in presence[i]), fontsize=7)
+        for ax in axes[:, i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("reconstruction")
+    fig.suptitle(f"{title}\nboxes coloured by step (red, green, blue); "
+                 "numbers: presence probability per step", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,36 @@
+"""How a finished seed is labelled: the failure modes of AIR, read off held-out counts.
+
+The rule, applied to the final evaluation(s) in this order:
+  diverged           the loss or a gradient became nan/inf (the replica was frozen there);
+  converged          held-out count accuracy >= eval.threshold in each of the last eval.hold
+                     evaluations;
+  collapsed_to_zero  >= COLLAPSE_SHARE of held-out images are read as 0 objects;
+  collapsed_to_max   >= COLLAPSE_SHARE of held-out images are read as max_steps objects;
+  over_counting      otherwise, if the mean inferred count exceeds the mean true count;
+  under_counting     otherwise.
+"""
+
+from __future__ import annotations
+
+OUTCOMES = ("converged", "collapsed_to_zero", "collapsed_to_max", "over_counting",
+            "under_counting", "diverged")
+
+COLLAPSE_SHARE = 0.9
+
+
+def converged(accuracies: list[float], threshold: float, hold: int) -> bool:
+    """True when the last `hold` accuracies all reach the threshold."""
+    return len(accuracies) >= hold and all(a >= threshold for a in accuracies[-hold:])
+
+
+def label(*, diverged: bool, accuracies: list[float], threshold: float, hold: int,
+          share_zero: float, share_max: float, mean_count: float, mean_true: float) -> str:
+    if diverged:
+        return "diverged"
+    if converged(accuracies, threshold, hold):
+        return "converged"
+    if share_zero >= COLLAPSE_SHARE:
+        return "collapsed_to_zero"
+    if share_max >= COLLAPSE_SHARE:
+        return "collapsed_to_max"
+    return "over_counting" if mean_count > mean_true else "under_counting"

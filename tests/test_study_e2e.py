@@ -1,0 +1,206 @@
+"""Studies end to end: real local Ray, real sqlite MLflow, real (tiny) AIR training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from airsearch.stats import wilson
+from airsearch.study import runner
+from airsearch.study.report import load_report, render, write_report
+from airsearch.study.spec import StudySpec, load_spec
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,
+        "model.mlp_width": 32, "model.mlp_depth": 1, "model.z_what_size": 8,
+        "model.glimpse_size": 10, "train.batch_size": 16}
+DIVERGES = 1.0  # train.lr that sends the tiny model to nan within a few steps
+
+
+def make_spec(tmp_path: Path, name: str, search: dict, seeds: int = 2, steps: int = 20,
+              **extra: object) -> StudySpec:
+    doc = {"name": name, "config": TINY, "seeds": seeds,
+           "training": {"steps": steps, "eval_every": 10},
+           "convergence": {"threshold": 0.3, "hold": 1}, "search": search,
+           "storage": str(tmp_path / "runs" / name), **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("# tiny test study (seconds)\n" + yaml.safe_dump(doc, sort_keys=False))
+    return load_spec(path)
+
+
+def runs(uri: str, name: str, kind: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], f"tags.`airsearch.kind` = '{kind}'",
+                              max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local runtime for the in-process studies; one logical GPU for packing checks."""
+    ray.init(address="local", num_cpus=2, num_gpus=1, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    yield
+    ray.shutdown()
+
+
+def check_structure(uri: str, spec: StudySpec, configurations: int) -> None:
+    """Parents and children are right, and the report's k/n is the children's outcomes."""
+    parents = runs(uri, spec.name, "configuration")
+    children = runs(uri, spec.name, "seed")
+    assert len(parents) == configurations
+    assert len(children) == configurations * len(spec.seeds)
+    assert all(p.data.tags["airsearch.complete"] == "1" for p in parents)
+    by_parent = {p.info.run_id: [] for p in parents}
+    for child in children:
+        by_parent[child.data.tags["mlflow.parentRunId"]].append(child)
+    report = {row.config_id: row for row in load_report(uri, spec.name).rows}
+    for parent in parents:
+        kids = by_parent[parent.info.run_id]
+        assert sorted(int(k.data.tags["airsearch.seed"]) for k in kids) == list(spec.seeds)
+        outcomes = Counter(k.data.tags["airsearch.outcome"] for k in kids)
+        k, n = outcomes["converged"], len(kids)
+        rate = wilson(k, n)
+        m = parent.data.metrics
+        assert (m["converged"], m["seeds_done"]) == (k, n)
+        assert m["wilson_low"] == pytest.approx(rate.low)
+        assert m["wilson_high"] == pytest.approx(rate.high)
+        for outcome, count in outcomes.items():
+            assert m[f"outcome/{outcome}"] == count
+        row = report[parent.data.tags["airsearch.config_id"]]
+        assert (row.k, row.n, row.low, row.high) == (k, n, rate.low, rate.high)
+        assert set(parent.data.params) >= set(spec.varied)
+    child = children[0]
+    client = MlflowClient(uri)
+    assert len(client.get_metric_history(child.info.run_id, "eval/count_accuracy")) == \
+        spec.steps // spec.eval_every
+
+
+def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: None) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "grid", {"mode": "grid", "space": {
+        "init.decoder_bias": [-2.0, 0.0], "train.lr": [1e-3, DIVERGES]}}, max_concurrent=2)
+    outcome = runner.launch(spec, uri, show_progress=False)
+    assert (outcome.trials, outcome.finished, outcome.errored) == (4, 4, 0)
+    check_structure(uri, spec, 4)
+    report = load_report(uri, spec.name)
+    diverged = [r for r in report.rows if r.values["train.lr"] == DIVERGES]
+    assert [r.outcomes for r in diverged] == [{"diverged": 2}] * 2
+    seeds = runs(uri, spec.name, "seed")
+    client = MlflowClient(uri)
+    figures = [a.path for s in seeds if s.data.tags["airsearch.outcome"] != "diverged"
+               for a in client.list_artifacts(s.info.run_id)]
+    assert figures.count("reconstruction.png") == 4
+    table = json.loads(render(report, "json"))
+    assert table["best"] == report.rows[0].config_id
+    assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {
+        "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md"}
+    again = runner.launch(spec, uri, show_progress=False)  # existing results: resume, no rerun
+    assert again.resumed and again.newly_logged == 0
+    check_structure(uri, spec, 4)
+
+
+def test_optuna_study(tmp_path: Path, local_ray: None) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "search", {
+        "mode": "optuna", "sampler": "random", "seed": 3, "budget": 3,
+        "points_to_evaluate": [{"init.where_loc": "prior", "train.lr": 1e-3}],
+        "space": {"init.where_loc": ["prior", "zero"],
+                  "train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}}, max_concurrent=2)
+    outcome = runner.launch(spec, uri, show_progress=False)
+    assert (outcome.trials, outcome.finished) == (3, 3)
+    parents = runs(uri, spec.name, "configuration")
+    check_structure(uri, spec, len(parents))
+    first = json.loads(min(parents, key=lambda p: p.info.start_time)
+                       .data.tags["airsearch.overrides"])
+    assert first == {"init.where_loc": "prior", "train.lr": 1e-3}
+    study = optuna.load_study(study_name="search",
+                              storage=f"sqlite:///{Path(spec.storage) / 'optuna.db'}")
+    values = sorted(t.value for t in study.trials if t.state.name == "COMPLETE")
+    assert len(values) == 3
+    assert values == pytest.approx(sorted(p.data.metrics["objective"] for p in parents)
+                                   if len(parents) == 3 else values)
+
+
+def test_fractional_gpus_pack_four_trials(tmp_path: Path, local_ray: None) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "packing", {"mode": "grid", "space": {
+        "init.decoder_bias": [-3.0, -2.0, -1.0, 0.0]}}, seeds=1,
+        resources={"cpus": 0.5, "gpus": 0.25}, max_concurrent=4)
+    outcome = runner.launch(spec, uri, show_progress=False)
+    assert outcome.finished == 4
+    results = outcome.results
+    assert all(json.loads(m["gpu_ids"]) == ["0"] for m in results)
+    # All four trained at once: the latest start precedes the earliest end.
+    assert max(m["started_at"] for m in results) < min(m["ended_at"] for m in results)
+
+
+def test_two_node_cluster(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        spec = make_spec(tmp_path, "cluster", {"mode": "grid", "space": {
+            "init.decoder_bias": [-2.0, 0.0]}}, seeds=1, max_concurrent=2)
+        outcome = runner.launch(spec, uri, show_progress=False)
+        assert outcome.finished == 2
+        nodes = {m["node_id"] for m in outcome.results}
+        assert len(nodes) == 2
+        check_structure(uri, spec, 2)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "resume", {"mode": "grid", "space": {
+        "init.decoder_bias": [-3.0, -2.0, -1.0, 0.0, 1.0]}}, seeds=2, steps=40,
+        max_concurrent=1)
+    command = [sys.executable, str(ROOT / "cli.py"), "study", "launch", spec.path,
+               "--tracking-uri", uri, "--num-cpus", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    done = 0
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+        if (tmp_path / "mlflow.db").exists() and MlflowClient(uri).get_experiment_by_name(
+                "resume"):
+            done = sum(p.data.tags.get("airsearch.complete") == "1"
+                       for p in runs(uri, "resume", "configuration"))
+            if done >= 2:
+                break
+    assert driver.poll() is None and done >= 2, driver.stdout.read().decode()[-3000:]
+    # The driver and the Ray runtime it started die together, as on a crashed machine.
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert runner.has_results(spec)
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming resume" in second.stdout
+    check_structure(uri, spec, 5)
+    trials = ray.tune.ExperimentAnalysis(str(runner.ray_path(spec))).trials
+    finished = [t.last_result["config_id"] for t in trials if t.last_result.get("finished")]
+    assert sorted(finished) == sorted(
+        p.data.tags["airsearch.config_id"] for p in runs(uri, "resume", "configuration"))

@@ -1,0 +1,146 @@
+"""Study files are validated up front: each bad file fails naming the file, field and allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airsearch.study.space import DefineByRun
+from airsearch.study.spec import SpecError, load_spec
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+GOOD = {
+    "name": "t",
+    "config": {"model.lstm_size": 32},
+    "seeds": 3,
+    "training": {"steps": 20, "eval_every": 10},
+    "convergence": {"threshold": 0.9, "hold": 1},
+    "search": {"mode": "grid", "space": {"init.decoder_bias": [-2.0, 0.0]}},
+}
+
+
+def write(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def with_(**changes: object) -> dict:
+    doc = {**GOOD, **changes}
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def optuna_search(space: dict, **extra: object) -> dict:
+    return {"mode": "optuna", "budget": 4, "space": space, **extra}
+
+
+@pytest.mark.parametrize("doc, field, allowed", [
+    (with_(colour="red"), "colour", "allowed: name, config"),
+    (with_(name="bad name!"), "name", "letters, digits"),
+    (with_(config={"model.lstm_sise": 32}), "config", "model.lstm_size"),
+    (with_(config={"model.lstm_size": "big"}), "config.model.lstm_size", "int in [1, 4096]"),
+    (with_(config={"init.scheme": "xavier"}), "config.init.scheme", "one of air, pytorch"),
+    (with_(config={"train.steps": 5}), "config.train.steps", "training.steps"),
+    (with_(seeds=0), "seeds", "an integer >= 1"),
+    (with_(seeds=[1, 1]), "seeds", "distinct non-negative"),
+    (with_(training={"steps": -1}), "training.steps", "int in [0, inf]"),
+    (with_(convergence={"threshold": 1.5}), "convergence.threshold", "float in [0.0, 1.0]"),
+    (with_(convergence={"hold": 0}), "convergence.hold", "int in [1, inf]"),
+    (with_(objective={"tie_break": "elbo"}), "objective.tie_break", "eval/count_accuracy"),
+    (with_(search={"mode": "bayes", "space": {}}), "search.mode", "one of grid, optuna"),
+    (with_(search={"mode": "grid", "space": {"init.decoder_bias": {"low": -2, "high": 0}}}),
+     "search.space.init.decoder_bias", "allowed: values, when"),
+    (with_(search={"mode": "grid", "space": {"data.digit_size": [21.0, 200.0]}}),
+     "search.space.data.digit_size.values", "float in [4.0, 128.0]"),
+    (with_(search={"mode": "grid", "space": {"model.lstm_size": [8]}}),
+     "search.space.model.lstm_size", "also set in config"),
+    (with_(search={"mode": "grid", "space": {"init.decoder_bias": [0.0]}, "budget": 3}),
+     "search.budget", "only applies to mode optuna"),
+    (with_(search=optuna_search({"train.lr": {"low": 1e-5, "high": 2.0, "log": True}})),
+     "search.space.train.lr.high", "float in (0.0, 1.0]"),
+    (with_(search=optuna_search({"train.lr": {"low": 1e-3, "high": 1e-5}})),
+     "search.space.train.lr", "must be below high"),
+    (with_(search=optuna_search({"init.decoder_bias": {"low": -2.0, "high": 1.0,
+                                                       "log": True}})),
+     "search.space.init.decoder_bias.log", "low > 0"),
+    (with_(search=optuna_search({"init.where_loc": {"low": 0, "high": 1}})),
+     "search.space.init.where_loc", "one of prior, zero"),
+    (with_(search=optuna_search({"train.lr": {"low": 1e-5, "high": 1e-3}}, sampler="cmaes")),
+     "search.sampler", "one of tpe, random"),
+    (with_(search=optuna_search({"train.lr": {"low": 1e-5, "high": 1e-3}}, budget=0)),
+     "search.budget", "an integer >= 1"),
+    (with_(search=optuna_search({"train.lr": {"low": 1e-5, "high": 1e-3}},
+                                points_to_evaluate=[{"train.lr": 0.5}])),
+     "search.points_to_evaluate[0].train.lr", "outside the search space"),
+    (with_(search=optuna_search({"prior.z_pres.final": {"low": 1e-9, "high": 0.5, "log": True,
+                                                        "when": {"prior.z_pres.schedule":
+                                                                 ["linear"]}}})),
+     "search.space.prior.z_pres.final.when.prior.z_pres.schedule", "listed earlier"),
+    (with_(search={"mode": "grid", "space": {
+        "prior.z_pres.schedule": ["constant", "linear"],
+        "prior.z_pres.final": {"values": [0.1], "when": {"prior.z_pres.schedule": ["logit"]}}}}),
+     "search.space.prior.z_pres.final.when.prior.z_pres.schedule", "allowed: constant, linear"),
+    (with_(search={"mode": "grid", "space": {"data.max_digits": [2, 5]}}),
+     "search.space", "must be <= model.max_steps"),
+    (with_(resources={"cpus": 0}), "resources.cpus", "a number > 0"),
+    (with_(resources={"gpus": 1.5}), "resources.gpus", "a fraction of one GPU"),
+    (with_(max_concurrent=0), "max_concurrent", "an integer >= 1"),
+])
+def test_bad_file_names_file_field_and_allowed(tmp_path: Path, doc: dict, field: str,
+                                               allowed: str) -> None:
+    path = write(tmp_path, doc)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {field}"), message
+    assert allowed in message, message
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such study file"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+
+
+def test_grid_drops_inactive_keys_and_duplicates(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, with_(search={"mode": "grid", "space": {
+        "prior.z_pres.schedule": ["constant", "exponential"],
+        "prior.z_pres.final": {"values": [1e-5, 1e-10],
+                               "when": {"prior.z_pres.schedule": "exponential"}}}})))
+    assert spec.configurations() == [
+        {"prior.z_pres.schedule": "constant"},
+        {"prior.z_pres.schedule": "exponential", "prior.z_pres.final": 1e-5},
+        {"prior.z_pres.schedule": "exponential", "prior.z_pres.final": 1e-10}]
+    assert spec.storage == str((Path.cwd() / "runs" / "t").resolve())
+
+
+def test_optuna_space_suggests_conditional_keys_only_when_active(tmp_path: Path) -> None:
+    import optuna
+
+    spec = load_spec(write(tmp_path, with_(search=optuna_search({
+        "prior.z_pres.schedule": ["constant", "exponential"],
+        "prior.z_pres.final": {"low": 1e-10, "high": 0.5, "log": True,
+                               "when": {"prior.z_pres.schedule": ["exponential"]}},
+        "model.mlp_depth": {"low": 1, "high": 3}}))))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: DefineByRun(spec.space)(t) or 0.0, n_trials=20)
+    for trial in study.trials:
+        params = trial.params
+        assert ("prior.z_pres.final" in params) == (params["prior.z_pres.schedule"]
+                                                    == "exponential")
+        assert isinstance(params["model.mlp_depth"], int)
+        spec.config_for(params)
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_are_valid_and_say_what_they_ask(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert "minutes" in spec.question or "hours" in spec.question
+    assert spec.trial_count >= 1
