@@ -106,6 +106,14 @@ class EstimatorConfig:
                                 "the continuous latents (never z_pres, which would bias it)",
                                 choices=("image", "image_and_z"))
     baseline_width: int = _knob(256, "hidden units of the baseline MLP", low=1, high=4096)
+    centre_signal: bool = _knob(True, "subtract a running mean of the learning signal before the "
+                                "neural baseline (NVIL); without it the baseline must first "
+                                "learn an offset of hundreds of nats")
+    normalise_signal: bool = _knob(True, "divide the advantage by a running estimate of its sd "
+                                   "(NVIL), so REINFORCE's step size does not follow the ELBO "
+                                   "scale")
+    signal_decay: float = _knob(0.9, "decay of the running mean/variance of the learning signal",
+                                low=0.0, high=1.0, high_open=True)
 
 
 @dataclass

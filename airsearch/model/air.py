@@ -14,6 +14,7 @@ Shapes: R replicas, B images, K steps, H x W canvas, G x G glimpse, D = z_what s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,10 @@ class AIR(nn.Module):
         self.baseline = ReplicatedMLP(R, baseline_in, width=e.baseline_width, depth=2,
                                       act=m.activation, out_features=1)
 
+        # NVIL running statistics of the learning signal, one per replica.
+        self.register_buffer("signal_mean", torch.zeros(R))
+        self.register_buffer("signal_var", torch.ones(R))
+        self.register_buffer("signal_seen", torch.zeros(R, dtype=torch.bool))
         p = config.prior
         self.register_buffer("where_prior_loc", torch.tensor([p.where_scale_loc, 0.0, 0.0]))
         self.register_buffer("where_prior_sd",
@@ -205,7 +210,8 @@ class AIR(nn.Module):
         """Negative ELBO with the KL of n taken analytically on NumSteps, plus REINFORCE."""
         canvas, _ = self.render(inference)
         sd = self.config.model.likelihood_sd
-        log_lik = torch.distributions.Normal(canvas, sd).log_prob(x).sum(dim=(-1, -2))  # (R, B)
+        log_lik = (-0.5 * ((x - canvas) / sd).pow(2)).sum(dim=(-1, -2)) - x[0, 0].numel() * (
+            math.log(sd) + 0.5 * math.log(2 * math.pi))  # (R, B) Gaussian log-density
         present = inference.present  # (R, B, K)
         kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
                              self.where_prior_sd).sum(-1)
@@ -218,11 +224,39 @@ class AIR(nn.Module):
         # Everything in the ELBO that depends on the sampled n, except the analytic KL of n.
         signal = (log_lik - kl_objects).detach()
         baseline = self.baseline(self._baseline_input(x, inference)).squeeze(-1)  # (R, B)
-        advantage = signal - baseline.detach()
+        signal, advantage = self._advantage(signal, baseline.detach())
         surrogate = elbo + advantage * q_n.log_prob(inference.n)
         return LossTerms(model_loss=-surrogate.mean(-1),
                          baseline_loss=(signal - baseline).pow(2).mean(-1),
                          elbo=elbo.detach(), n=inference.n)
+
+    def _advantage(self, signal: torch.Tensor, baseline: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(baseline target, advantage), both (R, B), with NVIL centring and normalisation.
+
+        The running statistics are updated from the batch while training, per replica.
+        """
+        estimator = self.config.estimator
+        if estimator.centre_signal:
+            if self.training:
+                self._moving_average(self.signal_mean, signal.mean(-1))
+            signal = signal - self.signal_mean.unsqueeze(-1)
+        advantage = signal - baseline
+        if estimator.normalise_signal:
+            if self.training:
+                self._moving_average(self.signal_var, advantage.var(-1))
+            # Only shrink large signals (NVIL): dividing small ones up would amplify noise.
+            advantage = advantage / self.signal_var.sqrt().clamp(min=1.0).unsqueeze(-1)
+        if self.training:
+            self.signal_seen.fill_(True)
+        return signal, advantage
+
+    @torch.no_grad()
+    def _moving_average(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
+        """Exponential moving average per replica; the first batch sets the value outright."""
+        value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
+        decay = self.config.estimator.signal_decay
+        buffer.copy_(torch.where(self.signal_seen, decay * buffer + (1 - decay) * value, value))
 
     def _baseline_input(self, x: torch.Tensor, inference: Inference) -> torch.Tensor:
         R, B = x.shape[:2]

@@ -42,8 +42,9 @@ def describe_groups(optimizer: torch.optim.Optimizer) -> str:
 
 def replica_grad_norms(params: list[nn.Parameter]) -> torch.Tensor:
     """(R,) gradient L2 norm of each replica over `params` (nan/inf if any entry is)."""
-    squares = [p.grad.flatten(1).pow(2).sum(1) for p in params if p.grad is not None]
-    return torch.stack(squares).sum(0).sqrt()
+    norms = [torch.linalg.vector_norm(p.grad.flatten(1), dim=1) for p in params
+             if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms), dim=0)
 
 
 class ReplicaGuard:
@@ -52,6 +53,7 @@ class ReplicaGuard:
     def __init__(self, model: AIR, grad_clip: float) -> None:
         groups = model.parameter_groups()
         self.model_params, self.all_params = groups["model"], list(model.parameters())
+        self.baseline_params = groups["baseline"]
         self._clipped = {id(p) for p in self.model_params}
         self.grad_clip = grad_clip
         self.active = torch.ones(model.replicas, dtype=torch.bool)
@@ -60,14 +62,15 @@ class ReplicaGuard:
     def before_step(self, losses: torch.Tensor) -> torch.Tensor:
         """Clip and sanitise gradients; return the (R,) mask of replicas that just diverged."""
         norms = replica_grad_norms(self.model_params)
-        finite = torch.isfinite(losses.detach()).cpu() & torch.isfinite(norms).cpu()
-        for p in self.all_params:  # a baseline gradient can be the first to overflow
-            if p.grad is not None:
-                finite &= torch.isfinite(p.grad.flatten(1)).all(1).cpu()
+        # A non-finite entry anywhere makes its replica's norm non-finite: one check covers all.
+        finite = (torch.isfinite(losses.detach()) & torch.isfinite(norms)
+                  & torch.isfinite(replica_grad_norms(self.baseline_params))).cpu()
         newly = self.active & ~finite
         if newly.any():
             self.active &= ~newly
             self._frozen = [p.detach().clone() for p in self.all_params]
+        if self.grad_clip <= 0 and bool(self.active.all()):
+            return newly  # nothing to clip or silence: the common case costs two norms
         keep = self.active.to(norms.device)
         scale = torch.ones_like(norms)
         if self.grad_clip > 0:
@@ -76,10 +79,8 @@ class ReplicaGuard:
         for p in self.all_params:
             if p.grad is None:
                 continue
-            if id(p) in self._clipped:
-                p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
-            else:
-                p.grad.mul_(keep.view(-1, *[1] * (p.dim() - 1)).to(p.dtype))
+            factor = scale if id(p) in self._clipped else keep.to(p.dtype)
+            p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
             torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
         return newly
 
