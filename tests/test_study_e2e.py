@@ -124,15 +124,13 @@ def test_optuna_study(tmp_path: Path, local_ray: None) -> None:
     assert (outcome.trials, outcome.finished) == (3, 3)
     parents = runs(uri, spec.name, "configuration")
     check_structure(uri, spec, len(parents))
-    first = json.loads(min(parents, key=lambda p: p.info.start_time)
-                       .data.tags["airsearch.overrides"])
-    assert first == {"init.where_loc": "prior", "train.lr": 1e-3}
+    tried = [json.loads(p.data.tags["airsearch.overrides"]) for p in parents]
+    assert {"init.where_loc": "prior", "train.lr": 1e-3} in tried
     study = optuna.load_study(study_name="search",
                               storage=f"sqlite:///{Path(spec.storage) / 'optuna.db'}")
     values = sorted(t.value for t in study.trials if t.state.name == "COMPLETE")
     assert len(values) == 3
-    assert values == pytest.approx(sorted(p.data.metrics["objective"] for p in parents)
-                                   if len(parents) == 3 else values)
+    assert values == pytest.approx(sorted(p.data.metrics["objective"] for p in parents))
 
 
 def test_fractional_gpus_pack_four_trials(tmp_path: Path, local_ray: None) -> None:
@@ -184,8 +182,8 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     done = 0
     while time.time() < deadline and driver.poll() is None:
         time.sleep(1)
-        if (tmp_path / "mlflow.db").exists() and MlflowClient(uri).get_experiment_by_name(
-                "resume"):
+        # Ray's folder appears only after the driver created the MLflow DB: no migration race.
+        if runner.ray_path(spec).exists():
             done = sum(p.data.tags.get("airsearch.complete") == "1"
                        for p in runs(uri, "resume", "configuration"))
             if done >= 2:
