@@ -1,0 +1,52 @@
+"""Per-seed training throughput with R replicas in one process, as a ratio to R = 1.
+
+Seed-steps per second = R / step time. All figures come from one run on one machine, so the
+ratios are comparable even when absolute speed varies. Targets: >= 3x at R = 8 on a 2-core
+CPU, >= 20x at R = 32 on a GPU.
+
+    python benchmarks/replicas.py [--device cuda] [--replicas 1,2,4,8,16,32] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from airsearch.config import AIRConfig, parse_assignments
+from airsearch.data import load_datasets
+from airsearch.training.trainer import ReplicaStep
+from benchmarks.step_time import median_seconds
+
+
+@click.command()
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--replicas", "counts", default=None, help="Comma-separated R values "
+              "(default 1,2,4,8 on CPU; 1,2,4,8,16,32,64 on a GPU).")
+@click.option("--repeats", default=15, show_default=True)
+def main(assignments: tuple[str, ...], device: str, counts: str | None, repeats: int) -> None:
+    config = AIRConfig.from_flat({"data.train_images": 2048, **parse_assignments(assignments)})
+    train, _, _ = load_datasets(config.data)
+    images = torch.from_numpy(train.images).to(device)
+    default = "1,2,4,8" if device == "cpu" else "1,2,4,8,16,32,64"
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    print(f"device {device}, {torch.get_num_threads()} torch threads, batch "
+          f"{config.train.batch_size} per replica")
+    base = None
+    for replicas in [int(r) for r in (counts or default).split(",")]:
+        step = ReplicaStep(config, list(range(replicas)), images)
+        index = iter(range(10**9))
+
+        def timed_step() -> None:
+            step(next(index))  # noqa: B023 (used at once)
+            sync()
+
+        seconds = median_seconds(timed_step, repeats)
+        throughput = replicas / seconds
+        base = base or throughput
+        print(f"R={replicas:3d}: step {seconds * 1e3:8.1f} ms, {throughput:7.1f} seed-steps/s, "
+              f"{throughput / base:5.2f}x R=1")
+
+
+if __name__ == "__main__":
+    main()
