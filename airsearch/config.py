@@ -57,6 +57,9 @@ class ModelConfig:
     z_what_size: int = _knob(50, "dimensions of z_what", low=1, high=1024)
     likelihood_sd: float = _knob(0.3, "sd of the Gaussian pixel likelihood", low=0.0, high=10.0,
                                  low_open=True)
+    residual_input: bool = _knob(False, "DAIR (the paper's difference variant): each step "
+                                 "encodes the image minus what earlier steps drew, so a step "
+                                 "sees what is still unexplained")
 
 
 @dataclass
@@ -114,6 +117,24 @@ class EstimatorConfig:
                                    "scale")
     signal_decay: float = _knob(0.9, "decay of the running mean/variance of the learning signal",
                                 low=0.0, high=1.0, high_open=True)
+    kind: str = _knob("reinforce", "gradient estimator for the number of objects: reinforce "
+                      "(score function + NVIL + neural baseline), vimco (S-particle bound, "
+                      "leave-one-out control variate; needs particles >= 2) or relaxed "
+                      "(Concrete z_pres in training; the held-out count stays the deterministic "
+                      "presence > 0.5 rule)", choices=("reinforce", "vimco", "relaxed"))
+    reward_to_go: bool = _knob(False, "reinforce: step i's presence decision is scored only with "
+                               "the ELBO terms from step i on (unbiased, lower variance)")
+    reinforce_warmup: int = _knob(0, "reinforce: training steps over which the REINFORCE term's "
+                                  "weight rises linearly from 0 to 1 (0: full weight at once)",
+                                  low=0)
+    particles: int = _knob(1, "samples per image, repeated along the batch (vimco: the bound's "
+                           "S, >= 2)", low=1, high=64)
+    temperature_initial: float = _knob(1.0, "relaxed: Concrete temperature at step 0", low=0.0,
+                                       high=100.0, low_open=True)
+    temperature_final: float = _knob(0.1, "relaxed: temperature after the decay (lower: less "
+                                     "bias, more variance)", low=0.0, high=100.0, low_open=True)
+    temperature_duration: int = _knob(10000, "relaxed: steps of the geometric decay from the "
+                                      "initial to the final temperature", low=1)
 
 
 @dataclass
@@ -135,6 +156,9 @@ class EvalConfig:
                              low=0.0, high=1.0)
     hold: int = _knob(1, "consecutive final evaluations that must all reach the threshold",
                       low=1)
+    gradient_variance_every: int = _knob(0, "steps between logging diag/grad_var_backprop and "
+                                         "diag/grad_var_score (checked at evaluations; 0: off)",
+                                         low=0)
 
 
 @dataclass
@@ -175,6 +199,10 @@ class AIRConfig:
                               "its steps")
         if self.data.digit_size * (1 + self.data.digit_size_jitter) > self.data.canvas_size:
             raise ConfigError("data.digit_size (with jitter) must fit in data.canvas_size")
+        if self.estimator.kind == "vimco" and self.estimator.particles < 2:
+            raise ConfigError(f"estimator.particles ({self.estimator.particles}) must be >= 2 "
+                              "with estimator.kind=vimco: its control variate leaves one "
+                              "particle out")
 
 
 @dataclass(frozen=True)
@@ -239,7 +267,10 @@ def coerce(key: str, raw: Any) -> Any:
                 raise ValueError
             if isinstance(raw, bool):
                 raise ValueError
-            return int(float(raw)) if isinstance(raw, str) else int(raw)
+            value = float(raw) if isinstance(raw, str) else raw
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
         if spec.type is float:
             if isinstance(raw, bool):
                 raise ValueError

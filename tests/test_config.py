@@ -43,7 +43,7 @@ def test_from_flat_keeps_base_untouched():
 
 
 def test_every_default_validates():
-    """Each knob's default is inside its own allowed range, and the whole default config is valid."""
+    """Each knob's default is inside its allowed range, and the whole default config is valid."""
     AIRConfig().validate()
     for key, spec in knob_specs().items():
         AIRConfig.from_flat({key: spec.default})
@@ -192,3 +192,15 @@ def test_parse_assignments_errors(item):
     with pytest.raises(ConfigError) as info:
         parse_assignments([item])
     assert repr(item) in str(info.value)
+
+
+def test_bool_keys_coerce_and_reject():
+    """Every bool key accepts true/false/yes/no/1/0 strings and rejects anything else by name."""
+    bools = [key for key, spec in knob_specs().items() if spec.type is bool]
+    if not bools:
+        pytest.skip("no bool knobs in this config")
+    for key in bools:
+        for raw, expected in (("true", True), ("False", False), ("yes", True), ("0", False)):
+            assert AIRConfig.from_flat({key: raw}).to_flat()[key] is expected
+        msg = _error({key: "maybe"})
+        assert key in msg and "bool" in msg

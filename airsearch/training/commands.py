@@ -69,10 +69,10 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
     if seed is not None and seed_range is not None:
         raise click.UsageError("give --seed or --seeds, not both")
     seeds = parse_seeds(seed_range) if seed_range else [seed if seed is not None else 0]
-    overrides = parse_assignments(assignments) if assignments else {}
-    if steps is not None:
-        overrides["train.steps"] = str(steps)
     try:
+        overrides = parse_assignments(assignments)
+        if steps is not None:
+            overrides["train.steps"] = str(steps)
         config = AIRConfig.from_flat(overrides)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None

@@ -1,0 +1,91 @@
+"""Spatial transformer: reading and writing glimpses where z_where says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from airsearch.model.spatial import box_pixels, read_glimpse, write_glimpse
+
+
+def _blob(size, sigma=0.25):
+    """A smooth bump that fades to ~0 at the glimpse border."""
+    c = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return torch.exp(-((xx - 0.1) ** 2 + (yy + 0.15) ** 2) / (2 * sigma ** 2))
+
+
+@pytest.mark.parametrize("z_where", [(1.25, 0.0, 0.0), (1.25, 0.1, -0.15), (2.0, -0.3, 0.4)])
+def test_write_then_read_recovers_glimpse(z_where):
+    """Writing a smooth glimpse and reading it back at the same z_where recovers it."""
+    G, H = 20, 50
+    glimpse = _blob(G).unsqueeze(0)
+    zw = torch.tensor([z_where])
+    canvas = write_glimpse(glimpse, zw, H)
+    assert canvas.shape == (1, H, H)
+    back = read_glimpse(canvas, zw, G)
+    assert back.shape == (1, G, G)
+    err = (back - glimpse).abs()
+    assert float(err.max()) < 0.08, float(err.max())
+    assert float(err.mean()) < 0.01
+
+
+def _ink_box(canvas, threshold=0.5):
+    rows = torch.nonzero(canvas.amax(1) > threshold).flatten()
+    cols = torch.nonzero(canvas.amax(0) > threshold).flatten()
+    return torch.tensor([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1],
+                        dtype=torch.float32)
+
+
+@pytest.mark.parametrize("z_where", [
+    (3.0, 0.0, 0.0), (3.0, 0.5, 0.0), (3.0, 0.0, -0.5), (2.0, -0.4, 0.3), (1.5, 0.2, 0.2),
+    (4.0, -0.6, -0.6),
+])
+def test_written_box_lands_where_z_where_says(z_where):
+    """A filled square glimpse is drawn inside box_pixels(z_where), within about a pixel."""
+    H = 50
+    zw = torch.tensor([z_where])
+    canvas = write_glimpse(torch.ones(1, 20, 20), zw, H)[0]
+    expected = box_pixels(zw, H)[0]
+    ink = _ink_box(canvas)
+    assert torch.all((ink - expected).abs() <= 1.0), (ink, expected)
+    assert float(canvas.sum()) > 0
+    # nothing outside the box
+    x0, y0, x1, y1 = expected.tolist()
+    outside = canvas.clone()
+    outside[max(0, int(y0) - 1):int(y1) + 2, max(0, int(x0) - 1):int(x1) + 2] = 0
+    assert float(outside.abs().max()) == 0.0
+
+
+def test_box_pixels_convention():
+    """s=3 centred is a third of the canvas in the middle; x is columns, y rows."""
+    box = box_pixels(torch.tensor([3.0, 0.0, 0.0]), 60)
+    torch.testing.assert_close(box, torch.tensor([20.0, 20.0, 40.0, 40.0]))
+    box = box_pixels(torch.tensor([2.0, 0.5, -0.5]), 40)  # right and up
+    torch.testing.assert_close(box, torch.tensor([20.0, 0.0, 40.0, 20.0]))
+
+
+def test_reading_follows_an_object():
+    """Reading at the object's z_where gives the same glimpse wherever the object sits."""
+    G, H = 20, 50
+    glimpse = _blob(G).unsqueeze(0)
+    glimpses = []
+    for shift in [(0.0, 0.0), (0.4, -0.3), (-0.5, 0.35)]:
+        zw = torch.tensor([[2.0, *shift]])
+        canvas = write_glimpse(glimpse, zw, H)
+        glimpses.append(read_glimpse(canvas, zw, G))
+        # reading at the wrong place misses the object
+        away = shift[0] - 1.0 if shift[0] >= 0 else shift[0] + 1.0
+        other = torch.tensor([[2.0, away, shift[1]]])
+        assert float(read_glimpse(canvas, other, G).sum()) < 0.2 * float(glimpses[-1].sum())
+    for other in glimpses[1:]:
+        assert float((other - glimpses[0]).abs().max()) < 0.05
+
+
+def test_batch_of_glimpses_is_independent():
+    """Each glimpse of a batch is written with its own z_where."""
+    H = 40
+    zw = torch.tensor([[3.0, -0.5, 0.0], [3.0, 0.5, 0.0]])
+    canvases = write_glimpse(torch.ones(2, 10, 10), zw, H)
+    left, right = _ink_box(canvases[0]), _ink_box(canvases[1])
+    assert float(left[2]) <= H / 2 and float(right[0]) >= H / 2
