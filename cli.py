@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from airsearch.data.commands import data
+from airsearch.diagnostics.commands import diagnose
 from airsearch.study.commands import study
 from airsearch.training.commands import train
 
@@ -17,6 +18,7 @@ def main() -> None:
 main.add_command(train)
 main.add_command(data)
 main.add_command(study)
+main.add_command(diagnose)
 
 if __name__ == "__main__":
     main()

@@ -205,7 +205,9 @@ def test_train_seeds_labels_divergence_without_raising():
     alone = train_seeds(config, [0], progress=False).seeds[0]
     assert alone.outcome == healthy.outcome
     for key, value in alone.final.items():
-        assert healthy.final[key] == pytest.approx(value, rel=1e-3, abs=2 / 64), key
+        # nan_ok: eval/centre_error is nan while a seed matches no digit (counts 0)
+        assert healthy.final[key] == pytest.approx(value, rel=1e-3, abs=2 / 64,
+                                                   nan_ok=True), key
 
 
 def test_nan_canvas_in_one_replica_does_not_raise(train_images):

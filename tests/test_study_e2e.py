@@ -104,6 +104,7 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     figures = [a.path for s in seeds if s.data.tags["airsearch.outcome"] != "diverged"
                for a in client.list_artifacts(s.info.run_id)]
     assert figures.count("reconstruction.png") == 4
+    assert figures.count("attention.png") == 4
     table = json.loads(render(report, "json"))
     assert table["best"] == report.rows[0].config_id
     assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from airsearch.config import AIRConfig
+from airsearch.model import estimators
 from airsearch.model.distributions import NumSteps
 from airsearch.model.replicated import (
     ReplicatedLinear,
@@ -70,6 +71,9 @@ class Inference:
     what_sd: torch.Tensor
     z_what: torch.Tensor
     n: torch.Tensor            # (R, B) number of objects sampled from the z_pres chain
+    pres_uniforms: torch.Tensor | None = None  # (R, B, K) the chain's uniforms (relaxed reuses)
+    glimpses: torch.Tensor | None = None  # (R, B, K, G, G) decoded, when drawn while inferring
+    written: torch.Tensor | None = None   # (R, B, K, H, W) each step's drawing, likewise
 
     @property
     def num_steps(self) -> NumSteps:
@@ -165,13 +169,21 @@ class AIR(nn.Module):
         """x (R, B, H, W) in [0, 1] -> latents for every step, sampled with `noise`."""
         R, B, H, W = x.shape
         K, D, G = self.steps, self.z_what_size, self.glimpse
-        encoded = self.input_encoder(x.reshape(R, B, H * W))  # (R, B, E)
-        h = encoded.new_zeros(R, B, self.lstm.hidden_size)
+        residual = self.config.model.residual_input
+        if not residual:
+            encoded = self.input_encoder(x.reshape(R, B, H * W))  # (R, B, E)
+        h = x.new_zeros(R, B, self.lstm.hidden_size)
         c = torch.zeros_like(h)
-        previous = encoded.new_zeros(R, B, D + 3)  # z_what, z_where of the last step
+        previous = x.new_zeros(R, B, D + 3)  # z_what, z_where of the last step
+        drawn = torch.zeros_like(x)  # (R, B, H, W) what earlier steps drew (DAIR)
         flat_images = x.reshape(R * B, H, W)
         hs, where_locs, where_sds, z_wheres, what_locs, what_sds, z_whats = ([] for _ in range(7))
+        glimpses, writes = [], []
         for k in range(K):
+            if residual:
+                # Every step's drawing is subtracted, present or not, so the presence logits
+                # still depend on the continuous latents alone.
+                encoded = self.input_encoder((x - drawn).reshape(R, B, H * W))
             # z_pres is not an LSTM input: the presence logits of all K steps are then
             # functions of (x, z_what, z_where) alone and define one NumSteps distribution.
             h, c = self.lstm(torch.cat([encoded, previous], dim=-1), (h, c))
@@ -183,6 +195,13 @@ class AIR(nn.Module):
             what_loc, what_sd = what_out[..., :D], F.softplus(what_out[..., D:])
             z_what = what_loc + what_sd * noise.what[:, :, k]  # (R, B, D)
             previous = torch.cat([z_what, z_where], dim=-1)
+            if residual:
+                glimpse_k = torch.sigmoid(self.glimpse_decoder(z_what)).view(R, B, G, G)
+                written_k = write_glimpse(glimpse_k.view(-1, G, G), z_where.reshape(-1, 3),
+                                          H).view(R, B, H, W)
+                drawn = drawn + written_k
+                glimpses.append(glimpse_k)
+                writes.append(written_k)
             for store, value in zip((hs, where_locs, where_sds, z_wheres, what_locs, what_sds,
                                      z_whats),
                                     (h, where_loc, where_sd, z_where, what_loc, what_sd, z_what),
@@ -193,39 +212,79 @@ class AIR(nn.Module):
         n = NumSteps(pres_logits).sample_from_uniforms(noise.pres)  # (R, B)
         stack = lambda xs: torch.stack(xs, dim=2)  # noqa: E731  (R, B, K, ...)
         return Inference(pres_logits, stack(where_locs), stack(where_sds), stack(z_wheres),
-                         stack(what_locs), stack(what_sds), stack(z_whats), n)
+                         stack(what_locs), stack(what_sds), stack(z_whats), n, noise.pres,
+                         glimpses=stack(glimpses) if residual else None,
+                         written=stack(writes) if residual else None)
 
     # ----------------------------------------------------------------------------- model
-    def render(self, inference: Inference) -> tuple[torch.Tensor, torch.Tensor]:
-        """Canvas (R, B, H, W) from the first n objects, and each step's glimpse (R, B, K, G, G)."""
+    def render(self, inference: Inference, presence: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canvas (R, B, H, W) from the first n objects, and each step's glimpse (R, B, K, G, G).
+
+        presence (R, B, K) replaces the 0/1 mask of the first n steps (relaxed estimator).
+        """
         R, B, K, D = inference.z_what.shape
         G, H = self.glimpse, self.canvas
-        logits = self.glimpse_decoder(inference.z_what.view(R, B * K, D))
-        glimpses = torch.sigmoid(logits).view(R, B, K, G, G)
-        written = write_glimpse(glimpses.view(-1, G, G), inference.z_where.reshape(-1, 3), H)
-        written = written.view(R, B, K, H, H) * inference.present[..., None, None]
-        return written.sum(dim=2), glimpses
+        if inference.written is not None:  # already drawn while inferring (DAIR)
+            glimpses, written = inference.glimpses, inference.written
+        else:
+            logits = self.glimpse_decoder(inference.z_what.view(R, B * K, D))
+            glimpses = torch.sigmoid(logits).view(R, B, K, G, G)
+            written = write_glimpse(glimpses.view(-1, G, G), inference.z_where.reshape(-1, 3),
+                                    H).view(R, B, K, H, H)
+        presence = inference.present if presence is None else presence
+        return (written * presence[..., None, None]).sum(dim=2), glimpses
 
-    def loss_terms(self, x: torch.Tensor, inference: Inference, prior_logit: float) -> LossTerms:
-        """Negative ELBO with the KL of n taken analytically on NumSteps, plus REINFORCE."""
+    def loss_terms(self, x: torch.Tensor, inference: Inference, prior_logit: float,
+                   step: int | None = None) -> LossTerms:
+        """Negative ELBO with the KL of n taken analytically on NumSteps, plus the gradient
+        estimator of estimator.kind for n (airsearch.model.estimators) at training `step`."""
         canvas, _ = self.render(inference)
         sd = self.config.model.likelihood_sd
-        log_lik = (-0.5 * ((x - canvas) / sd).pow(2)).sum(dim=(-1, -2)) - x[0, 0].numel() * (
-            math.log(sd) + 0.5 * math.log(2 * math.pi))  # (R, B) Gaussian log-density
+        log_lik = gaussian_log_lik(x, canvas, sd)  # (R, B)
         present = inference.present  # (R, B, K)
         kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
                              self.where_prior_sd).sum(-1)
         kl_what = normal_kl(inference.what_loc, inference.what_sd, 0.0, 1.0).sum(-1)
         kl_objects = ((kl_where + kl_what) * present).sum(-1)  # (R, B)
         q_n = inference.num_steps
-        kl_n = q_n.kl(NumSteps(torch.full_like(inference.pres_logits, prior_logit)))
+        p_n = NumSteps(torch.full_like(inference.pres_logits, prior_logit))
+        kl_n = q_n.kl(p_n)
         elbo = log_lik - kl_objects - kl_n
 
         # Everything in the ELBO that depends on the sampled n, except the analytic KL of n.
+        # The baseline learns it under every kind, so its parameter group always has a gradient.
         signal = (log_lik - kl_objects).detach()
         baseline = self.baseline(self._baseline_input(x, inference)).squeeze(-1)  # (R, B)
         signal, advantage = self._advantage(signal, baseline.detach())
-        surrogate = elbo + advantage * q_n.log_prob(inference.n)
+        e = self.config.estimator
+        if e.kind == "relaxed":
+            presence = estimators.relaxed_presence(inference.pres_logits, inference.pres_uniforms,
+                                                   estimators.temperature(e, step))
+            relaxed_canvas, _ = self.render(inference, presence)
+            surrogate = (gaussian_log_lik(x, relaxed_canvas, sd)
+                         - ((kl_where + kl_what) * presence).sum(-1) - kl_n)
+        elif e.kind == "vimco" and self.training:  # held-out batches carry no particles
+            ratio = (estimators.normal_log_ratio(inference.z_where, inference.where_loc,
+                                                 inference.where_sd, self.where_prior_loc,
+                                                 self.where_prior_sd)
+                     + estimators.normal_log_ratio(inference.z_what, inference.what_loc,
+                                                   inference.what_sd, 0.0, 1.0))  # (R, B, K)
+            log_q_n = q_n.log_prob(inference.n)
+            log_w = estimators.log_weights(log_lik, ratio, present, p_n.log_prob(inference.n),
+                                           log_q_n)
+            surrogate = estimators.vimco_surrogate(log_w, log_q_n, e.particles)
+        else:
+            prefix = (estimators.kl_before_each_step(kl_where + kl_what, present)
+                      if e.reward_to_go else None)
+            scale = self._signal_scale()
+            score = estimators.reinforce_score(inference.pres_logits, inference.n, advantage,
+                                               prefix, scale)
+            # The analytic KL of n is the other half of n's objective: it is divided by the
+            # same NVIL scale as the score term. Dividing only the score would weigh the count
+            # prior `scale` times (tens of nats) more than the evidence and switch steps off.
+            surrogate = (log_lik - kl_objects - kl_n / scale
+                         + estimators.warmup_weight(e, step) * score)
         return LossTerms(model_loss=-surrogate.mean(-1),
                          baseline_loss=(signal - baseline).pow(2).mean(-1),
                          elbo=elbo.detach(), n=inference.n)
@@ -242,14 +301,18 @@ class AIR(nn.Module):
                 self._moving_average(self.signal_mean, signal.mean(-1))
             signal = signal - self.signal_mean.unsqueeze(-1)
         advantage = signal - baseline
-        if estimator.normalise_signal:
-            if self.training:
-                self._moving_average(self.signal_var, advantage.var(-1))
-            # Only shrink large signals (NVIL): dividing small ones up would amplify noise.
-            advantage = advantage / self.signal_var.sqrt().clamp(min=1.0).unsqueeze(-1)
+        if estimator.normalise_signal and self.training:
+            self._moving_average(self.signal_var, advantage.var(-1))
         if self.training:
             self.signal_seen.fill_(True)
-        return signal, advantage
+        return signal, advantage / self._signal_scale()
+
+    def _signal_scale(self) -> torch.Tensor | float:
+        """(R, 1) NVIL normaliser of the advantage, or 1 without normalisation."""
+        if not self.config.estimator.normalise_signal:
+            return 1.0
+        # Only shrink large signals (NVIL): dividing small ones up would amplify noise.
+        return self.signal_var.sqrt().clamp(min=1.0).unsqueeze(-1)
 
     @torch.no_grad()
     def _moving_average(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
@@ -266,6 +329,12 @@ class AIR(nn.Module):
             parts += [inference.z_what.detach().reshape(R, B, -1),
                       inference.z_where.detach().reshape(R, B, -1)]
         return torch.cat(parts, dim=-1)
+
+
+def gaussian_log_lik(x: torch.Tensor, canvas: torch.Tensor, sd: float) -> torch.Tensor:
+    """(R, B) Gaussian log-density of images x (R, B, H, W) around the canvas."""
+    return (-0.5 * ((x - canvas) / sd).pow(2)).sum(dim=(-1, -2)) - x[0, 0].numel() * (
+        math.log(sd) + 0.5 * math.log(2 * math.pi))
 
 
 def normal_kl(loc: torch.Tensor, sd: torch.Tensor, prior_loc: torch.Tensor | float,

@@ -168,10 +168,11 @@ class StudyTracker:
             confusion.write_text(json.dumps({"rows_true_count": rec["confusion"],
                                              "final": rec["final"]}))
             self.client.log_artifact(run.info.run_id, str(confusion))
-            if rec["figure"] in figures:
-                figure = Path(tmp) / Path(rec["figure"]).name
-                figure.write_bytes(figures[rec["figure"]])
-                self.client.log_artifact(run.info.run_id, str(figure))
+            for name, data in figures.items():  # the seed's figures sit in its figure's folder
+                if rec["figure"] and Path(name).parent == Path(rec["figure"]).parent:
+                    figure = Path(tmp) / Path(name).name
+                    figure.write_bytes(data)
+                    self.client.log_artifact(run.info.run_id, str(figure))
         self.client.set_terminated(run.info.run_id,
                                    "FAILED" if rec["outcome"] == ERROR else "FINISHED")
 

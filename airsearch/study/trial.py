@@ -67,8 +67,9 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
             summary = train_seeds(config, spec.seeds, out_dir=Path(tmp), on_eval=on_eval,
                                   device=device, progress=False)
             seeds = [_seed_record(result, Path(tmp)) for result in summary.seeds]
-            artifacts = {rec["figure"]: _b64(Path(tmp) / rec["figure"])
-                         for rec in seeds if rec["figure"]}
+            # Every figure of a seed's folder: reconstruction.png, attention.png.
+            artifacts = {str(png.relative_to(tmp)): _b64(png) for rec in seeds if rec["figure"]
+                         for png in sorted((Path(tmp) / rec["figure"]).parent.glob("*.png"))}
         error = ""
     except Exception as exc:  # noqa: BLE001 -- a failed configuration is a result, not a crash
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"

@@ -43,3 +43,28 @@ def reconstruction_figure(images: np.ndarray, canvases: np.ndarray, boxes: np.nd
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def attention_figure(centres: np.ndarray, present: np.ndarray, canvas_size: int, title: str,
+                     path: Path, bins: int = 25) -> Path:
+    """The blog's localisation-policy picture: per step, a 2D histogram of where its box is
+    centred over held-out images where that step is present. centres (N, K, 2) pixels (x, y);
+    present (N, K) bool."""
+    steps = present.shape[1]
+    fig, axes = plt.subplots(1, steps, figsize=(2.4 * steps, 2.8), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        xy = centres[present[:, k], k]
+        xy = xy[np.isfinite(xy).all(-1)]
+        hist, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=bins,
+                                    range=[[0, canvas_size], [0, canvas_size]])
+        ax.imshow(hist, cmap="magma", extent=(0, canvas_size, canvas_size, 0))
+        ax.set_title(f"step {k + 1}: {len(xy)} of {len(present)}", fontsize=8,
+                     color=STEP_COLOURS[k % len(STEP_COLOURS)])
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -24,17 +24,20 @@ from tqdm import tqdm
 
 from airsearch.config import AIRConfig
 from airsearch.data import MultiMNIST, load_datasets
+from airsearch.diagnostics.gradients import gradient_variance
 from airsearch.model.air import AIR, Noise
 from airsearch.model.schedules import z_pres_prior_logit
 from airsearch.model.spatial import box_pixels
 from airsearch.stats import Rate, wilson
 from airsearch.training import outcomes
 from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
-from airsearch.training.figures import reconstruction_figure
+from airsearch.training.figures import attention_figure, reconstruction_figure
+from airsearch.training.localisation import localise
 from airsearch.training.optim import ReplicaGuard, build_optimizer, describe_groups
 
 DATA_STREAM, NOISE_STREAM = 1, 2  # per-seed generator streams, apart from the init stream
 FIGURE_IMAGES = 8
+GRAD_VAR_SAMPLES = 8  # gradient estimates per logged diag/grad_var_* (a cheap, noisy number)
 
 
 @dataclass
@@ -112,7 +115,8 @@ def replicas_that_fit(config: AIRConfig, device: torch.device) -> int:
     params = (d.canvas_size ** 2 * (m.mlp_width + config.estimator.baseline_width)
               + 4 * (m.mlp_width + m.z_what_size + 3 + m.lstm_size) * m.lstm_size
               + 2 * m.glimpse_size ** 2 * m.mlp_width + 8 * m.mlp_width ** 2)
-    activations = config.train.batch_size * m.max_steps * d.canvas_size ** 2 * 40
+    samples = config.train.batch_size * config.estimator.particles
+    activations = samples * m.max_steps * d.canvas_size ** 2 * 40
     per_replica = 16 * params + activations
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -147,9 +151,11 @@ class ReplicaStep:
         index = torch.stack([torch.randint(len(self.train_images), (B,), generator=g,
                                            device=device) for g in self.data_gens])  # (R, B)
         x = self.train_images[index].to(torch.float32).div_(255.0)  # (R, B, H, W)
-        noise = Noise.draw(self.noise_gens, B, config.model.max_steps,
+        # (R, S*B, H, W): particle s of image b at s*B + b (estimator.particles)
+        x = x.repeat(1, config.estimator.particles, 1, 1)
+        noise = Noise.draw(self.noise_gens, x.shape[1], config.model.max_steps,
                            config.model.z_what_size, device)
-        terms = self.model.loss_terms(x, self.model.infer(x, noise), prior_logit)
+        terms = self.model.loss_terms(x, self.model.infer(x, noise), prior_logit, step)
         losses = terms.model_loss + terms.baseline_loss  # (R,), each replica's own loss
         active = self.guard.active.to(device)
         self.optimizer.zero_grad(set_to_none=False)
@@ -170,6 +176,8 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
     model = trainer.model
     heldout_images = torch.from_numpy(heldout.images)
     heldout_counts = torch.from_numpy(heldout.counts)
+    heldout_boxes = torch.from_numpy(heldout.boxes)
+    grad_var_every = config.eval.gradient_variance_every
     mean_true = float(heldout.counts.mean())
 
     histories: list[list[dict[str, float]]] = [[] for _ in seeds]
@@ -197,10 +205,17 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
         if step % tc.eval_every == 0 or step == tc.steps:
             prior_logit = z_pres_prior_logit(config.prior.z_pres, step)
             last_eval = evaluate(model, heldout_images, heldout_counts, seeds, prior_logit)
+            located = localise(model, heldout_images, heldout_boxes, heldout_counts)
+            grad_var = None
+            if grad_var_every and step % grad_var_every == 0:
+                batch = heldout_images[:tc.batch_size].to(device, torch.float32) / 255.0
+                grad_var = gradient_variance(model, batch.expand(R, *batch.shape), prior_logit,
+                                             step, seeds, GRAD_VAR_SAMPLES)
             wall = time.perf_counter() - start
             per_seed = []
             for r, seed in enumerate(seeds):
-                metrics = {"seed": seed, **last_eval.metrics(r),
+                metrics = {"seed": seed, **last_eval.metrics(r), **located.metrics(r),
+                           **(grad_var.metrics(r) if grad_var is not None else {}),
                            "train/elbo": float(elbo_sum[r] / elbo_steps),
                            "diverged": float(diverged_at[r] is not None)}
                 per_seed.append(metrics)
@@ -227,6 +242,12 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
                 _summary(config, data_info, partial, wall, "running", out)
     bar.close()
     figures = _figures(model, heldout, seeds, out) if out is not None else [None] * R
+    if out is not None:
+        located = localise(model, heldout_images, heldout_boxes, heldout_counts)
+        for r, seed in enumerate(seeds):
+            attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
+                             model.canvas, f"seed {seed}: where each step attends (held-out)",
+                             out / f"seed_{seed}" / "attention.png")
     return _seed_results(config, seeds, last_eval, histories, accuracies, converged_at,
                          diverged_at, mean_true, figures)
 

@@ -1,0 +1,142 @@
+"""`diagnose`: measurements of a model that are not training, e.g. gradient variance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from airsearch.config import AIRConfig, ConfigError, parse_assignments
+
+ESTIMATORS = ("reinforce", "vimco", "relaxed")
+
+
+@click.group()
+def diagnose() -> None:
+    """Diagnostics of AIR's gradient estimators."""
+
+
+@diagnose.command(epilog="""\b
+Examples:
+  python cli.py diagnose gradients --samples 50 --out runs/diag
+  python cli.py diagnose gradients --checkpoint runs/first/checkpoint.pt --samples 100
+  python cli.py diagnose gradients --set model.mlp_width=32 --steps 200 --estimators reinforce""")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="checkpoint.pt of a training run (its config, seeds, weights and step).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (repeatable), on top of the checkpoint's config.")
+@click.option("--samples", type=click.IntRange(min=2), default=50, show_default=True,
+              help="Gradient estimates on the same batch.")
+@click.option("--estimators", default=",".join(ESTIMATORS), show_default=True,
+              help="Comma-separated subset of " + ", ".join(ESTIMATORS) + ".")
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train this many steps first (reinforce, as configured) when no checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed without a checkpoint.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/diagnose"), show_default=True, help="Output directory.")
+@click.option("--mnist-dir", type=click.Path(exists=True, file_okay=False),
+              envvar="AIRSEARCH_MNIST_DIR", help="Directory with the MNIST IDX files.")
+def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: int,
+              estimators: str, steps: int, seed: int, out: Path, mnist_dir: str | None) -> None:
+    """Per-parameter gradient variance of each estimator on one batch.
+
+    Rows: reinforce without any baseline (no NVIL centring or normalisation, baseline output
+    0), reinforce as configured (NVIL + neural baseline), vimco (particles >= 2) and relaxed
+    (at the configured temperature for the step). Columns: mean variance of the parameters
+    fed by back-propagation and of the presence head, fed only by the score function and the
+    analytic KL of n (see airsearch/diagnostics/gradients.py). Writes OUT/gradient_variance.json
+    and OUT/gradient_variance.png.
+    """
+    import torch
+
+    from airsearch.data import load_datasets
+    from airsearch.diagnostics.gradients import gradient_variance
+    from airsearch.model.air import AIR
+    from airsearch.model.schedules import z_pres_prior_logit
+    from airsearch.training.trainer import ReplicaStep
+
+    kinds = [k.strip() for k in estimators.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(ESTIMATORS))
+    if unknown or not kinds:
+        raise click.BadParameter(f"{estimators!r}: allowed are {', '.join(ESTIMATORS)}",
+                                 param_hint="--estimators")
+    saved = torch.load(checkpoint, map_location="cpu") if checkpoint else None
+    try:
+        base = AIRConfig.from_flat(saved["config"]) if saved else AIRConfig()
+        config = AIRConfig.from_flat(parse_assignments(assignments), base=base)
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    seeds = saved["seeds"] if saved else [seed]
+    train, _, _ = load_datasets(config.data, mnist_dir=mnist_dir)
+    images = torch.from_numpy(train.images)
+    if saved:
+        state, step = saved["model"], int(saved["step"])
+    else:
+        trainer = ReplicaStep(config, seeds, images)
+        for s in range(steps):
+            trainer(s)
+        state, step = trainer.model.state_dict(), steps
+    batch = images[:config.train.batch_size].to(torch.float32) / 255.0  # (B, H, W)
+    x = batch.expand(len(seeds), *batch.shape)
+    prior_logit = z_pres_prior_logit(config.prior.z_pres, step)
+
+    rows = []
+    for label, overrides, no_baseline in _variants(kinds, config):
+        model = AIR(AIRConfig.from_flat(overrides, base=config), seeds)
+        model.load_state_dict(state)
+        if no_baseline:
+            with torch.no_grad():
+                model.baseline.out.weight.zero_()
+                model.baseline.out.bias.zero_()
+        result = gradient_variance(model, x, prior_logit, step, seeds, samples)
+        rows.append({"estimator": label, "backprop": result.backprop.mean().item(),
+                     "score": result.score.mean().item()})
+    click.echo(f"gradient variance per parameter element, {samples} estimates on one batch of "
+               f"{config.train.batch_size}, step {step}, mean over {len(seeds)} replica(s)")
+    click.echo(f"{'estimator':<34} {'backprop':>10} {'score-only':>10}")
+    for row in rows:
+        click.echo(f"{row['estimator']:<34} {row['backprop']:>10.3g} {row['score']:>10.3g}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gradient_variance.json").write_text(json.dumps(
+        {"samples": samples, "step": step, "seeds": seeds, "rows": rows}, indent=2))
+    _plot(rows, out / "gradient_variance.png")
+    click.echo(f"wrote {out / 'gradient_variance.json'} and {out / 'gradient_variance.png'}")
+
+
+def _variants(kinds: list[str], config: AIRConfig) -> list[tuple[str, dict[str, object], bool]]:
+    """(row label, config overrides, zero the baseline?) per table row."""
+    rows: list[tuple[str, dict[str, object], bool]] = []
+    if "reinforce" in kinds:
+        rows.append(("reinforce, no baseline", {"estimator.kind": "reinforce",
+                                                "estimator.centre_signal": False,
+                                                "estimator.normalise_signal": False}, True))
+        rows.append(("reinforce, NVIL + neural baseline", {"estimator.kind": "reinforce"}, False))
+    if "vimco" in kinds:
+        particles = max(2, config.estimator.particles)
+        rows.append((f"vimco, {particles} particles", {"estimator.kind": "vimco",
+                                                       "estimator.particles": particles}, False))
+    if "relaxed" in kinds:
+        rows.append(("relaxed (Concrete)", {"estimator.kind": "relaxed"}, False))
+    return rows
+
+
+def _plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [str(r["estimator"]) for r in rows]
+    at = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 3.6))
+    ax.bar(at - 0.2, [r["backprop"] for r in rows], 0.4, label="back-propagated parameters")
+    ax.bar(at + 0.2, [r["score"] for r in rows], 0.4, label="presence head (score function)")
+    ax.set_yscale("log")
+    ax.set_xticks(at, labels, fontsize=7)
+    ax.set_ylabel("gradient variance per parameter")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
