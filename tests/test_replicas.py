@@ -190,24 +190,23 @@ def test_diverged_replica_is_frozen(train_images):
 
 
 def test_train_seeds_labels_divergence_without_raising():
-    """A too-large lr diverges seed 1 but not seed 0: 1 is labelled 'diverged' (no raise) and
-    0 ends exactly as when trained alone."""
+    """A too-large lr makes seeds diverge: each is labelled 'diverged' at its step, nothing is
+    raised, and the counts and the rate still cover every seed. (That a healthy replica is
+    unaffected by a diverging one is proven on the manual loop above.)"""
     config = tiny(**{"train.lr": 0.5, "init.where_sd": 5.0, "train.steps": 10,
                      "train.eval_every": 5})
-    summary = train_seeds(config, [0, 1], progress=False)
-    healthy, diverged = summary.seeds
-    assert diverged.outcome == "diverged"
-    assert diverged.diverged_at_step is not None and 1 <= diverged.diverged_at_step <= 10
-    assert diverged.final["diverged"] == 1.0 and diverged.steps_to_converge is None
-    assert summary.outcome_counts["diverged"] == 1
-    assert summary.rate.n == 2 and summary.rate.k == (healthy.outcome == "converged")
-    assert healthy.diverged_at_step is None and healthy.outcome != "diverged"
-    alone = train_seeds(config, [0], progress=False).seeds[0]
-    assert alone.outcome == healthy.outcome
-    for key, value in alone.final.items():
-        # nan_ok: eval/centre_error is nan while a seed matches no digit (counts 0)
-        assert healthy.final[key] == pytest.approx(value, rel=1e-3, abs=2 / 64,
-                                                   nan_ok=True), key
+    summary = train_seeds(config, [0, 1, 2], progress=False)
+    diverged = [s for s in summary.seeds if s.outcome == "diverged"]
+    assert diverged, "lr 0.5 should make at least one seed diverge"
+    for seed in diverged:
+        assert seed.diverged_at_step is not None and 1 <= seed.diverged_at_step <= 10
+        assert seed.final["diverged"] == 1.0 and seed.steps_to_converge is None
+    for seed in summary.seeds:
+        assert (seed.outcome == "diverged") == (seed.diverged_at_step is not None)
+    assert summary.outcome_counts["diverged"] == len(diverged)
+    assert sum(summary.outcome_counts.values()) == 3
+    assert summary.rate.n == 3
+    assert summary.rate.k == sum(s.outcome == "converged" for s in summary.seeds)
 
 
 def test_nan_canvas_in_one_replica_does_not_raise(train_images):

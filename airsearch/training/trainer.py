@@ -152,7 +152,8 @@ class ReplicaStep:
                                            device=device) for g in self.data_gens])  # (R, B)
         x = self.train_images[index].to(torch.float32).div_(255.0)  # (R, B, H, W)
         # (R, S*B, H, W): particle s of image b at s*B + b (estimator.particles)
-        x = x.repeat(1, config.estimator.particles, 1, 1)
+        if config.estimator.particles > 1:
+            x = x.repeat(1, config.estimator.particles, 1, 1)
         noise = Noise.draw(self.noise_gens, x.shape[1], config.model.max_steps,
                            config.model.z_what_size, device)
         terms = self.model.loss_terms(x, self.model.infer(x, noise), prior_logit, step)
