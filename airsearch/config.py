@@ -36,7 +36,7 @@ class DataConfig:
                               low=4.0, high=128.0)
     digit_size_jitter: float = _knob(0.0, "relative uniform jitter of digit_size (0.2 = +-20%)",
                                      low=0.0, high=0.9)
-    overlap: str = _knob("allow", "allow: digits may overlap; avoid: patch boxes never intersect",
+    overlap: str = _knob("avoid", "avoid: patch boxes never intersect; allow: digits may overlap",
                          choices=("allow", "avoid"))
     train_images: int = _knob(60000, "generated training images", low=64,
                               high=10_000_000)
@@ -57,7 +57,7 @@ class ModelConfig:
     z_what_size: int = _knob(50, "dimensions of z_what", low=1, high=1024)
     likelihood_sd: float = _knob(0.3, "sd of the Gaussian pixel likelihood", low=0.0, high=10.0,
                                  low_open=True)
-    residual_input: bool = _knob(False, "DAIR (the paper's difference variant): each step "
+    residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
 
@@ -67,9 +67,10 @@ class ZPresPrior:
     schedule: str = _knob("constant", "annealing of the prior success (presence) probability: "
                           "constant, linear in p, exponential (geometric in p) or logit (linear in "
                           "log-odds)", choices=("constant", "linear", "exponential", "logit"))
-    initial: float = _knob(0.01, "success probability at step 0 (and while held)",
+    initial: float = _knob(1e-3, "success probability at step 0 (and while held; the whole "
+                           "run when the schedule is constant)",
                            low=0.0, high=1.0, low_open=True, high_open=True)
-    final: float = _knob(0.01, "success probability once the decay is over",
+    final: float = _knob(1e-3, "success probability once the decay is over",
                          low=0.0, high=1.0, low_open=True, high_open=True)
     hold: int = _knob(0, "training steps at the initial value before the decay begins", low=0)
     duration: int = _knob(1, "training steps the decay takes", low=1)
@@ -78,8 +79,9 @@ class ZPresPrior:
 @dataclass
 class PriorConfig:
     z_pres: ZPresPrior = field(default_factory=ZPresPrior)
-    where_scale_loc: float = _knob(3.0, "prior mean of the inverse scale (3: a third of the "
-                                   "canvas)", low=0.0, high=100.0, low_open=True)
+    where_scale_loc: float = _knob(2.5, "prior mean of the inverse scale (2.5: the window is 2/5 "
+                                   "of the canvas, 20 px of 50, so a 21 px digit fits)",
+                                   low=0.0, high=100.0, low_open=True)
     where_scale_sd: float = _knob(0.2, "prior sd of the inverse scale", low=0.0, high=100.0,
                                   low_open=True)
     where_shift_sd: float = _knob(1.0, "prior sd of the shift (canvas spans [-1, 1])", low=0.0,
@@ -140,8 +142,8 @@ class EstimatorConfig:
 @dataclass
 class TrainConfig:
     optimizer: str = _knob("adam", "optimiser of model and baseline", choices=("adam", "rmsprop"))
-    lr: float = _knob(1e-4, "model learning rate", low=0.0, high=1.0, low_open=True)
-    baseline_lr: float = _knob(1e-3, "baseline learning rate (reference: 10x the model's)",
+    lr: float = _knob(3e-4, "model learning rate", low=0.0, high=1.0, low_open=True)
+    baseline_lr: float = _knob(3e-3, "baseline learning rate (reference: 10x the model's)",
                                low=0.0, high=10.0, low_open=True)
     batch_size: int = _knob(64, "images per step and replica", low=1, high=65536)
     grad_clip: float = _knob(0.0, "per-replica gradient-norm clip of the model (0: off)",

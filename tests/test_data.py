@@ -191,7 +191,7 @@ def test_counts_labels_and_boxes(offline):
 
 def test_empty_images_and_clipped_sum():
     square = Digits(np.full((5, 28, 28), 255, np.uint8), np.arange(5), "squares", False)
-    config = DataConfig(max_digits=2, digit_size=10.0, canvas_size=16)
+    config = DataConfig(max_digits=2, digit_size=10.0, canvas_size=16, overlap="allow")
     data = generate(square, 400, config, seed=0)
     assert not data.images[data.counts == 0].any()
     assert set(np.unique(data.images)) == {0, 255}  # overlaps saturate, never wrap around

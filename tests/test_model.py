@@ -119,7 +119,7 @@ def test_air_init_heads_start_at_biases():
     m = AIR(_config(init__head_weight_scale=0.0), [0, 1])
     x = _images(m)
     inf = m.infer(x, Noise.zeros(R, B, m.steps, m.z_what_size, torch.device("cpu")))
-    prior_mean = torch.tensor([3.0, 0.0, 0.0]).expand_as(inf.where_loc)
+    prior_mean = torch.tensor([m.config.prior.where_scale_loc, 0.0, 0.0]).expand_as(inf.where_loc)
     torch.testing.assert_close(inf.where_loc, prior_mean)
     torch.testing.assert_close(inf.where_sd, torch.full_like(inf.where_sd, 0.1))
     torch.testing.assert_close(inf.pres_logits, torch.full_like(inf.pres_logits, 2.0))
