@@ -36,7 +36,8 @@ class DataConfig:
                               low=4.0, high=128.0)
     digit_size_jitter: float = _knob(0.0, "relative uniform jitter of digit_size (0.2 = +-20%)",
                                      low=0.0, high=0.9)
-    overlap: str = _knob("avoid", "avoid: patch boxes never intersect; allow: digits may overlap",
+    overlap: str = _knob("allow", "allow: digits may overlap (the paper, Pyro); avoid: patch boxes "
+                         "never intersect",
                          choices=("allow", "avoid"))
     train_images: int = _knob(60000, "generated training images", low=64,
                               high=10_000_000)
@@ -67,10 +68,10 @@ class ZPresPrior:
     schedule: str = _knob("constant", "annealing of the prior success (presence) probability: "
                           "constant, linear in p, exponential (geometric in p) or logit (linear in "
                           "log-odds)", choices=("constant", "linear", "exponential", "logit"))
-    initial: float = _knob(1e-3, "success probability at step 0 (and while held; the whole "
+    initial: float = _knob(1e-4, "success probability at step 0 (and while held; the whole "
                            "run when the schedule is constant)",
                            low=0.0, high=1.0, low_open=True, high_open=True)
-    final: float = _knob(1e-3, "success probability once the decay is over",
+    final: float = _knob(1e-4, "success probability once the decay is over",
                          low=0.0, high=1.0, low_open=True, high_open=True)
     hold: int = _knob(0, "training steps at the initial value before the decay begins", low=0)
     duration: int = _knob(1, "training steps the decay takes", low=1)
@@ -79,8 +80,8 @@ class ZPresPrior:
 @dataclass
 class PriorConfig:
     z_pres: ZPresPrior = field(default_factory=ZPresPrior)
-    where_scale_loc: float = _knob(2.5, "prior mean of the inverse scale (2.5: the window is 2/5 "
-                                   "of the canvas, 20 px of 50, so a 21 px digit fits)",
+    where_scale_loc: float = _knob(3.0, "prior mean of the inverse scale (3: the window is a third "
+                                   "of the canvas)",
                                    low=0.0, high=100.0, low_open=True)
     where_scale_sd: float = _knob(0.2, "prior sd of the inverse scale", low=0.0, high=100.0,
                                   low_open=True)

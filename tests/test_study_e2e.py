@@ -105,6 +105,8 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
                for a in client.list_artifacts(s.info.run_id)]
     assert figures.count("reconstruction.png") == 4
     assert figures.count("attention.png") == 4
+    experiment = client.get_experiment_by_name(spec.name)
+    assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()  # next to the DB
     table = json.loads(render(report, "json"))
     assert table["best"] == report.rows[0].config_id
     assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {
@@ -179,7 +181,7 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     done = 0
     while time.time() < deadline and driver.poll() is None:
         time.sleep(1)
@@ -195,7 +197,7 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     driver.wait()
     assert runner.has_results(spec)
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming resume" in second.stdout
     check_structure(uri, spec, 5)

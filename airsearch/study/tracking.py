@@ -52,6 +52,15 @@ def resolve_tracking_uri(option: str | None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a local sqlite store go next to the database, not into whatever directory
+    the experiment happens to be created from; a tracking server chooses its own."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
+
+
 class StudyTracker:
     """Reads and writes one study's experiment."""
 
@@ -68,7 +77,8 @@ class StudyTracker:
                 "airsearch.seeds": str(len(spec.seeds)),
                 "mlflow.note.content": spec.question or spec.name}
         if experiment is None:
-            self.experiment_id = self.client.create_experiment(spec.name, tags=tags)
+            self.experiment_id = self.client.create_experiment(
+                spec.name, artifact_location=artifact_location(tracking_uri), tags=tags)
         else:
             self.experiment_id = experiment.experiment_id
             for key, value in tags.items():
