@@ -34,4 +34,5 @@ def wilson(k: int, n: int, z: float = Z_95) -> Rate:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Rate(k, n, max(0.0, centre - half), min(1.0, centre + half))
+    # Rounding can leave a bound a hair inside k/n at k = 0 or k = n; the interval holds p.
+    return Rate(k, n, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))

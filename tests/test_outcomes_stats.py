@@ -99,7 +99,8 @@ def test_wilson_edges():
     """k=0 starts at 0, k=n ends at 1 (up to rounding), and both are non-degenerate."""
     zero, full = wilson(0, 10), wilson(10, 10)
     assert zero.low == 0.0 and 0.2 < zero.high < 0.35
-    assert full.high == pytest.approx(1.0, abs=1e-12) and 0.65 < full.low < 0.8
+    assert full.high == 1.0 and zero.low == 0.0 and 0.65 < full.low < 0.8
+    assert all(wilson(n, n).high >= 1.0 and wilson(0, n).low <= 0.0 for n in range(1, 40))
     assert wilson(0, 10).high == pytest.approx(1 - wilson(10, 10).low)
     empty = wilson(0, 0)
     assert (empty.low, empty.high) == (0.0, 1.0)
