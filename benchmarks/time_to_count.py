@@ -47,7 +47,11 @@ def main(seeds: str, max_steps: int, eval_every: int, assignments: tuple[str, ..
             print(f"seed {seed}: {hit['step']} steps, {hit['wall_s']:.0f} s "
                   f"(final accuracy {result.final['eval/count_accuracy']:.3f})")
     median = statistics.median(seconds)
-    print(f"median seed: {median:.0f} s = {median / 60:.1f} min (target < 5 min)")
+    if median == float("inf"):
+        print(f"median seed: not at {config.eval.threshold} within {max_steps} steps "
+              "(target < 5 min)")
+    else:
+        print(f"median seed: {median:.0f} s = {median / 60:.1f} min (target < 5 min)")
 
 
 if __name__ == "__main__":

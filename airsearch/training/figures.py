@@ -18,7 +18,7 @@ def reconstruction_figure(images: np.ndarray, canvases: np.ndarray, boxes: np.nd
                           presence: np.ndarray, title: str, path: Path) -> Path:
     """images, canvases (N, H, W); boxes (N, K, 4) pixels; presence (N, K) probabilities."""
     n, steps = presence.shape
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.4), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(images[i], cmap="gray", vmin=0, vmax=1)
         axes[1, i].imshow(np.clip(canvases[i], 0, 1), cmap="gray", vmin=0, vmax=1)
@@ -38,7 +38,7 @@ def reconstruction_figure(images: np.ndarray, canvases: np.ndarray, boxes: np.nd
     axes[1, 0].set_ylabel("reconstruction")
     fig.suptitle(f"{title}\nboxes coloured by step (red, green, blue); "
                  "numbers: presence probability per step", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)  # keep the input and reconstruction panels apart
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
