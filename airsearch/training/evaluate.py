@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from airsearch.model.air import AIR, Inference, Noise
+from airsearch.model.spatial import box_pixels
 
 EVAL_NOISE_OFFSET = 1_000_003  # eval noise generators are seeded apart from training ones
 
@@ -26,6 +27,8 @@ class Evaluation:
     mean_count: torch.Tensor  # (R,)
     elbo: torch.Tensor        # (R,) mean per image
     presence: torch.Tensor    # (R, K) share of images with step k present
+    boxes: torch.Tensor       # (R, N, K, 4) inferred boxes in pixels, for localisation
+    present: torch.Tensor     # (R, N, K) bool, the deterministic presence per image
 
     def share_inferred(self, count: int) -> torch.Tensor:
         c = self.confusion.to(torch.float64)
@@ -60,11 +63,16 @@ def evaluate(model: AIR, images: torch.Tensor, counts: torch.Tensor, seeds: list
     confusion = torch.zeros(R, max_true + 1, K + 1, dtype=torch.long, device=device)
     elbo_sum = torch.zeros(R, dtype=torch.float64, device=device)
     presence = torch.zeros(R, K, dtype=torch.float64, device=device)
+    boxes: list[torch.Tensor] = []
+    present: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device, torch.float32).div_(255.0)
         true = counts[start:start + batch_size].to(device)
         x = x.unsqueeze(0).expand(R, *x.shape)  # (R, B, H, W), no copy
-        inferred = deterministic_inference(model, x).n  # (R, B)
+        inference = deterministic_inference(model, x)
+        inferred = inference.n  # (R, B)
+        boxes.append(box_pixels(inference.z_where, model.canvas).cpu())  # (R, B, K, 4)
+        present.append(inference.present.bool().cpu())
         index = true.unsqueeze(0) * (K + 1) + inferred  # (R, B) flat confusion cell
         confusion.view(R, -1).scatter_add_(1, index, torch.ones_like(index))
         steps = torch.arange(K, device=device)
@@ -79,4 +87,5 @@ def evaluate(model: AIR, images: torch.Tensor, counts: torch.Tensor, seeds: list
     mean_count = (confusion.sum(1).to(torch.float64) * inferred_values).sum(1) / n
     return Evaluation(accuracy=(correct.to(torch.float64) / n).cpu(), confusion=confusion.cpu(),
                       mean_count=mean_count.cpu(), elbo=(elbo_sum / n).cpu(),
-                      presence=(presence / n).cpu())
+                      presence=(presence / n).cpu(), boxes=torch.cat(boxes, 1),
+                      present=torch.cat(present, 1))

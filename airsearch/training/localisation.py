@@ -17,10 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from airsearch.model.air import AIR
-from airsearch.model.spatial import box_pixels
-from airsearch.training.evaluate import deterministic_inference
-
 TIE_BREAK = 1e-3  # weight of the (canvas-normalised) centre distance in the matching score
 
 
@@ -72,27 +68,15 @@ def match(pred: torch.Tensor, present: torch.Tensor, true: torch.Tensor, counts:
     return take(iou), take(distance), take(valid)
 
 
-@torch.no_grad()
-def localise(model: AIR, images: torch.Tensor, boxes: torch.Tensor, counts: torch.Tensor,
-             batch_size: int = 500) -> Localisation:
-    """images (N, H, W) uint8, boxes (N, M, 4) pixels, counts (N,), shared by all replicas."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    preds, presents = [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device, torch.float32).div_(255.0)
-        x = x.unsqueeze(0).expand(model.replicas, *x.shape)  # (R, B, H, W)
-        inference = deterministic_inference(model, x)
-        preds.append(box_pixels(inference.z_where, model.canvas).cpu())  # (R, B, K, 4)
-        presents.append(inference.present.bool().cpu())
-    model.train(was_training)
-    pred, present = torch.cat(preds, 1), torch.cat(presents, 1)  # (R, N, K, ...)
-    iou, distance, matched = match(pred, present, boxes.float(), counts, model.canvas)
+def localise(pred: torch.Tensor, present: torch.Tensor, boxes: torch.Tensor,
+             counts: torch.Tensor, canvas: int) -> Localisation:
+    """Inferred boxes (R, N, K, 4) and presence (R, N, K) of the held-out evaluation against
+    true boxes (N, M, 4) pixels and counts (N,); reuses the evaluation's inference pass."""
+    iou, distance, matched = match(pred, present, boxes.float(), counts, canvas)
     digits = int(counts.sum())
     matches = matched.sum((1, 2))  # (R,)
     return Localisation(
-        iou=iou.sum((1, 2)) / digits if digits else torch.full((model.replicas,), torch.nan),
+        iou=iou.sum((1, 2)) / digits if digits else torch.full((pred.shape[0],), torch.nan),
         centre_error=torch.where(matches > 0, distance.sum((1, 2)) / matches.clamp(min=1),
                                  torch.nan),
         centres=centre(pred), present=present)

@@ -32,7 +32,7 @@ from airsearch.stats import Rate, wilson
 from airsearch.training import outcomes
 from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
 from airsearch.training.figures import attention_figure, reconstruction_figure
-from airsearch.training.localisation import localise
+from airsearch.training.localisation import Localisation, localise
 from airsearch.training.optim import ReplicaGuard, build_optimizer, describe_groups
 
 DATA_STREAM, NOISE_STREAM = 1, 2  # per-seed generator streams, apart from the init stream
@@ -187,6 +187,7 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
     diverged_at: list[int | None] = [None] * R
     elbo_sum, elbo_steps = torch.zeros(R, dtype=torch.float64), 0
     last_eval: Evaluation | None = None
+    located: Localisation | None = None
     bar = tqdm(total=tc.steps, disable=not progress, dynamic_ncols=True,
                desc=f"seeds {seeds[0]}..{seeds[-1]}" if R > 1 else f"seed {seeds[0]}")
     if progress:
@@ -206,7 +207,8 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
         if step % tc.eval_every == 0 or step == tc.steps:
             prior_logit = z_pres_prior_logit(config.prior.z_pres, step)
             last_eval = evaluate(model, heldout_images, heldout_counts, seeds, prior_logit)
-            located = localise(model, heldout_images, heldout_boxes, heldout_counts)
+            located = localise(last_eval.boxes, last_eval.present, heldout_boxes,
+                               heldout_counts, model.canvas)
             grad_var = None
             if grad_var_every and step % grad_var_every == 0:
                 batch = heldout_images[:tc.batch_size].to(device, torch.float32) / 255.0
@@ -243,8 +245,7 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
                 _summary(config, data_info, partial, wall, "running", out)
     bar.close()
     figures = _figures(model, heldout, seeds, out) if out is not None else [None] * R
-    if out is not None:
-        located = localise(model, heldout_images, heldout_boxes, heldout_counts)
+    if out is not None and located is not None:  # the final evaluation saw these weights
         for r, seed in enumerate(seeds):
             attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
                              model.canvas, f"seed {seed}: where each step attends (held-out)",
