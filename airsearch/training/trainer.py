@@ -8,6 +8,7 @@ so it follows the same trajectory it would follow alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -350,6 +351,7 @@ def _figures(model: AIR, heldout: MultiMNIST, seeds: list[int], out: Path) -> li
     return paths
 
 
+@functools.cache  # summaries are rewritten at every evaluation; the commit does not change
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
