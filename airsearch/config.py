@@ -36,8 +36,8 @@ class DataConfig:
                               low=4.0, high=128.0)
     digit_size_jitter: float = _knob(0.0, "relative uniform jitter of digit_size (0.2 = +-20%)",
                                      low=0.0, high=0.9)
-    overlap: str = _knob("allow", "allow: digits may overlap (the paper, Pyro); avoid: patch boxes "
-                         "never intersect",
+    overlap: str = _knob("avoid", "avoid: patch boxes never intersect (the paper's "
+                         "'non-overlapping' digits); allow: digits may overlap (Pyro's generator)",
                          choices=("allow", "avoid"))
     train_images: int = _knob(60000, "generated training images", low=64,
                               high=10_000_000)
@@ -147,8 +147,17 @@ class TrainConfig:
     baseline_lr: float = _knob(3e-3, "baseline learning rate (reference: 10x the model's)",
                                low=0.0, high=10.0, low_open=True)
     batch_size: int = _knob(64, "images per step and replica", low=1, high=65536)
-    grad_clip: float = _knob(0.0, "per-replica gradient-norm clip of the model (0: off)",
+    grad_clip: float = _knob(1000.0, "per-replica gradient-norm clip of the model (0: off); the "
+                             "default recipe's norm is ~500 with rare spikes of 10,000+",
                              low=0.0)
+    lr_schedule: str = _knob("constant", "decay of both learning rates (model and baseline, "
+                             "ratio kept): constant, linear or cosine from 1 to train.lr_final",
+                             choices=("constant", "linear", "cosine"))
+    lr_hold: int = _knob(0, "training steps at the full learning rates before the decay begins",
+                         low=0)
+    lr_duration: int = _knob(5000, "training steps the learning-rate decay takes", low=1)
+    lr_final: float = _knob(0.1, "learning-rate multiplier once the decay is over", low=0.0,
+                            high=1.0)
     steps: int = _knob(10000, "training steps", low=0)
     eval_every: int = _knob(500, "steps between held-out evaluations", low=1)
 

@@ -12,7 +12,7 @@ from airsearch.config import AIRConfig
 from airsearch.model.air import AIR, Noise
 from airsearch.model.distributions import NumSteps
 from airsearch.model.replicated import ReplicatedLinear
-from airsearch.training.optim import build_optimizer
+from airsearch.training.optim import build_optimizer, learning_rate_factor, set_learning_rates
 
 TINY = {"model.lstm_size": 32, "model.mlp_width": 32, "model.mlp_depth": 1,
         "model.z_what_size": 8, "model.glimpse_size": 10, "estimator.baseline_width": 32,
@@ -186,6 +186,28 @@ def test_baseline_lr_is_applied():
     opt.step()
     moved = float((m.baseline.out.bias - before).abs().max())
     assert moved == pytest.approx(1e-2, rel=1e-3)  # Adam's first step is lr * sign(grad)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_learning_rate_decay_keeps_the_baseline_ratio(schedule):
+    """Both groups follow one multiplier: full while held, train.lr_final after the decay."""
+    config = _config(train__lr=1e-3, train__baseline_lr=1e-2, train__lr_schedule=schedule,
+                     train__lr_hold=10, train__lr_duration=20, train__lr_final=0.25)
+    opt = build_optimizer(AIR(config, [0]), config.train)
+    seen = {}
+    for step in (0, 10, 20, 30, 100):
+        set_learning_rates(opt, config.train, step)
+        seen[step] = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert seen[0] == seen[10] == {"model": 1e-3, "baseline": 1e-2}
+    assert seen[30]["model"] == pytest.approx(2.5e-4) == seen[100]["model"]
+    assert 2.5e-4 < seen[20]["model"] < 1e-3
+    for rates in seen.values():
+        assert rates["baseline"] == pytest.approx(10 * rates["model"])
+
+
+def test_constant_learning_rate_ignores_the_decay_fields():
+    config = _config(train__lr_hold=0, train__lr_duration=1, train__lr_final=0.0)
+    assert learning_rate_factor(config.train, 10**6) == 1.0
 
 
 # ------------------------------------------------------------------- the estimator

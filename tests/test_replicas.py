@@ -12,7 +12,7 @@ from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
 from airsearch.model.air import AIR, Noise
 from airsearch.model.schedules import z_pres_prior_logit
-from airsearch.training.optim import ReplicaGuard, build_optimizer
+from airsearch.training.optim import ReplicaGuard, build_optimizer, replica_grad_norms
 from airsearch.training.trainer import DATA_STREAM, NOISE_STREAM, train_seeds
 
 TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,
@@ -216,3 +216,20 @@ def test_nan_canvas_in_one_replica_does_not_raise(train_images):
                                        _blow_up(1, 2, where=True))
     assert guard.active.tolist() == [True, False, True]
     assert all(math.isfinite(float(h[0])) and math.isfinite(float(h[2])) for h in history)
+
+
+def test_gradient_clip_is_per_replica():
+    """Only the replica over train.grad_clip is scaled, to exactly the clip; baselines never."""
+    model = AIR(tiny(), [0, 1])
+    guard = ReplicaGuard(model, grad_clip=1.0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+        p.grad[1] *= 1e-6  # replica 1 stays far under the clip
+    before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    guard.before_step(torch.zeros(2))
+    norms = replica_grad_norms(guard.model_params)
+    assert norms[0].item() == pytest.approx(1.0, rel=1e-4)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad[1], before[name][1]), name
+        if name.startswith("baseline."):
+            assert torch.equal(p.grad[0], before[name][0]), name

@@ -34,7 +34,12 @@ from airsearch.training import outcomes
 from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
 from airsearch.training.figures import attention_figure, reconstruction_figure
 from airsearch.training.localisation import Localisation, localise
-from airsearch.training.optim import ReplicaGuard, build_optimizer, describe_groups
+from airsearch.training.optim import (
+    ReplicaGuard,
+    build_optimizer,
+    describe_groups,
+    set_learning_rates,
+)
 
 DATA_STREAM, NOISE_STREAM = 1, 2  # per-seed generator streams, apart from the init stream
 FIGURE_IMAGES = 8
@@ -160,6 +165,7 @@ class ReplicaStep:
         terms = self.model.loss_terms(x, self.model.infer(x, noise), prior_logit, step)
         losses = terms.model_loss + terms.baseline_loss  # (R,), each replica's own loss
         active = self.guard.active.to(device)
+        set_learning_rates(self.optimizer, config.train, step)
         self.optimizer.zero_grad(set_to_none=False)
         torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
         newly = self.guard.before_step(losses)
