@@ -4,6 +4,10 @@ Seed-steps per second = R / step time. All figures come from one run on one mach
 ratios are comparable even when absolute speed varies. Targets: >= 3x at R = 8 on a 2-core
 CPU, >= 20x at R = 32 on a GPU.
 
+It also prints the ceiling the device sets: a seed-step cannot take less than its FLOPs at the
+device's square-matmul speed (benchmarks/step_time.py's floor), so no R can beat R = 1 by more
+than R = 1's step time over that floor.
+
     python benchmarks/replicas.py [--device cuda] [--replicas 1,2,4,8,16,32] [--repeats N]
 """
 
@@ -15,7 +19,7 @@ import torch
 from airsearch.config import AIRConfig, parse_assignments
 from airsearch.data import load_datasets
 from airsearch.training.trainer import ReplicaStep
-from benchmarks.step_time import median_seconds
+from benchmarks.step_time import matmul_floor, median_seconds, step_flops
 
 
 @click.command()
@@ -32,7 +36,7 @@ def main(assignments: tuple[str, ...], device: str, counts: str | None, repeats:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     print(f"device {device}, {torch.get_num_threads()} torch threads, batch "
           f"{config.train.batch_size} per replica")
-    base = None
+    base, ceiling = None, None
     for replicas in [int(r) for r in (counts or default).split(",")]:
         step = ReplicaStep(config, list(range(replicas)), images)
         index = iter(range(10**9))
@@ -43,9 +47,14 @@ def main(assignments: tuple[str, ...], device: str, counts: str | None, repeats:
 
         seconds = median_seconds(timed_step, repeats)
         throughput = replicas / seconds
-        base = base or throughput
+        if base is None:
+            base = throughput
+            floor_s, _ = matmul_floor(step_flops(step), repeats, device)
+            ceiling = seconds / floor_s
         print(f"R={replicas:3d}: step {seconds * 1e3:8.1f} ms, {throughput:7.1f} seed-steps/s, "
               f"{throughput / base:5.2f}x R=1")
+    print(f"ceiling on this device: {ceiling:.2f}x R=1 (R=1's step over the matmul floor of "
+          f"its FLOPs)")
 
 
 if __name__ == "__main__":

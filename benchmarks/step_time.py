@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import click
 import torch
@@ -22,7 +23,7 @@ from airsearch.data import load_datasets
 from airsearch.training.trainer import ReplicaStep
 
 
-def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -33,12 +34,21 @@ def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def matmul_floor(flops: float, repeats: int) -> tuple[float, int]:
+def matmul_floor(flops: float, repeats: int, device: str = "cpu") -> tuple[float, int]:
     """Seconds a square float32 matmul needs for `flops`, and the side it was measured at."""
     side = max(64, round((flops / 2) ** (1 / 3)))
-    a, b = torch.randn(side, side), torch.randn(side, side)
-    seconds = median_seconds(lambda: a @ b, repeats)
+    a, b = torch.randn(side, side, device=device), torch.randn(side, side, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    seconds = median_seconds(lambda: (a @ b, sync()), repeats)
     return seconds * flops / (2 * side ** 3), side
+
+
+def step_flops(step: ReplicaStep) -> float:
+    """FLOPs of one training step (forward, backward, optimiser), counted by torch."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    return counter.get_total_flops()
 
 
 @click.command()
@@ -49,10 +59,7 @@ def main(assignments: tuple[str, ...], replicas: int, repeats: int) -> None:
     config = AIRConfig.from_flat({"data.train_images": 2048, **parse_assignments(assignments)})
     train, _, info = load_datasets(config.data)
     step = ReplicaStep(config, list(range(replicas)), torch.from_numpy(train.images))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(0)
-    flops = counter.get_total_flops()
+    flops = step_flops(step)
     index = iter(range(1, 10**9))
     step_s = median_seconds(lambda: step(next(index)), repeats)
     floor_s, side = matmul_floor(flops, repeats)

@@ -4,39 +4,52 @@ z_where = (s, x, y) in the "inverse scale" convention of the references: the obj
 centred at (x, y) in normalised canvas coordinates ([-1, 1], x to the right, y down) and
 spans 2/s of the canvas side (s = 3: a third of the canvas). Reading and writing use exactly
 inverse affine maps, so writing a glimpse and reading it back at the same z_where recovers it.
+
+The sampling is affine_grid + grid_sample's (bilinear, zero padding, align_corners=False),
+computed as two matrices: z_where scales and shifts without rotating, so a bilinear read is
+separable, out = rows @ image @ cols^T, with one bilinear "hat" weight matrix per axis.
+Batched matmuls then do the work, forward and backward, instead of a gather whose backward is
+a scatter; tests check the two agree, values and gradients.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 
-def _theta(z_where: torch.Tensor, inverse: bool) -> torch.Tensor:
-    s, x, y = z_where.unbind(-1)  # (N,) each
-    zero = torch.zeros_like(s)
-    if inverse:  # canvas -> glimpse coordinates: g = s * (p - c)
-        rows = [s, zero, -s * x, zero, s, -s * y]
-    else:  # glimpse -> canvas coordinates: p = g / s + c
-        inv = 1.0 / s
-        rows = [inv, zero, x, zero, inv, y]
-    return torch.stack(rows, dim=-1).view(-1, 2, 3)
+def _pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates of the `size` pixel centres along one axis."""
+    return (2 * torch.arange(size, dtype=like.dtype, device=like.device) + 1) / size - 1
+
+
+def _bilinear_weights(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised sample positions (N, n) -> (N, n, size) bilinear weights on `size` pixels.
+
+    A position between pixels j and j + 1 weighs them 1 - d and d; pixels outside the input
+    get no weight, which is grid_sample's zero padding.
+    """
+    at = ((coords + 1) * size - 1) / 2  # in pixels, as grid_sample unnormalises
+    pixels = torch.arange(size, dtype=coords.dtype, device=coords.device)
+    return torch.relu(1.0 - (at.unsqueeze(-1) - pixels).abs())
 
 
 def read_glimpse(images: torch.Tensor, z_where: torch.Tensor, size: int) -> torch.Tensor:
     """images (N, H, W), z_where (N, 3) -> glimpses (N, size, size)."""
-    grid = F.affine_grid(_theta(z_where, inverse=False), [images.shape[0], 1, size, size],
-                         align_corners=False)
-    return F.grid_sample(images.unsqueeze(1), grid, align_corners=False).squeeze(1)
+    s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))  # (N, 1) each
+    g = _pixel_centres(size, images)  # glimpse -> canvas coordinates: p = g / s + c
+    rows = _bilinear_weights(g / s + y, images.shape[-2])  # (N, size, H)
+    cols = _bilinear_weights(g / s + x, images.shape[-1])  # (N, size, W)
+    return rows @ images @ cols.transpose(1, 2)
 
 
 def write_glimpse(glimpses: torch.Tensor, z_where: torch.Tensor, canvas_size: int
                   ) -> torch.Tensor:
     """glimpses (N, g, g), z_where (N, 3) -> canvases (N, H, H), zero outside the box."""
-    n = glimpses.shape[0]
-    grid = F.affine_grid(_theta(z_where, inverse=True), [n, 1, canvas_size, canvas_size],
-                         align_corners=False)
-    return F.grid_sample(glimpses.unsqueeze(1), grid, align_corners=False).squeeze(1)
+    s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))
+    p = _pixel_centres(canvas_size, glimpses)  # canvas -> glimpse coordinates: g = s * (p - c)
+    rows = _bilinear_weights(s * (p - y), glimpses.shape[-2])  # (N, H, g)
+    cols = _bilinear_weights(s * (p - x), glimpses.shape[-1])  # (N, H, g)
+    return rows @ glimpses @ cols.transpose(1, 2)
 
 
 def box_pixels(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
