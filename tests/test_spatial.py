@@ -92,22 +92,25 @@ def test_batch_of_glimpses_is_independent():
     assert float(left[2]) <= H / 2 and float(right[0]) >= H / 2
 
 
-def _grid_sample_read(images, z_where, size):
+def _grid_sample(source, z_where, size, inverse):
     """The textbook spatial transformer: affine_grid + grid_sample."""
     s, x, y = z_where.unbind(-1)
     zero = torch.zeros_like(s)
-    theta = torch.stack([1 / s, zero, x, zero, 1 / s, y], -1).view(-1, 2, 3)
-    grid = F.affine_grid(theta, [len(images), 1, size, size], align_corners=False)
-    return F.grid_sample(images.unsqueeze(1), grid, align_corners=False).squeeze(1)
+    if inverse:  # canvas -> glimpse coordinates (writing)
+        rows = [s, zero, -s * x, zero, s, -s * y]
+    else:  # glimpse -> canvas coordinates (reading)
+        rows = [1 / s, zero, x, zero, 1 / s, y]
+    theta = torch.stack(rows, -1).view(-1, 2, 3)
+    grid = F.affine_grid(theta, [len(source), 1, size, size], align_corners=False)
+    return F.grid_sample(source.unsqueeze(1), grid, align_corners=False).squeeze(1)
+
+
+def _grid_sample_read(images, z_where, size):
+    return _grid_sample(images, z_where, size, inverse=False)
 
 
 def _grid_sample_write(glimpses, z_where, canvas_size):
-    s, x, y = z_where.unbind(-1)
-    zero = torch.zeros_like(s)
-    theta = torch.stack([s, zero, -s * x, zero, s, -s * y], -1).view(-1, 2, 3)
-    grid = F.affine_grid(theta, [len(glimpses), 1, canvas_size, canvas_size],
-                         align_corners=False)
-    return F.grid_sample(glimpses.unsqueeze(1), grid, align_corners=False).squeeze(1)
+    return _grid_sample(glimpses, z_where, canvas_size, inverse=True)
 
 
 @pytest.mark.parametrize("direction", ["read", "write"])

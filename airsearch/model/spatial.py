@@ -33,13 +33,19 @@ def _bilinear_weights(coords: torch.Tensor, size: int) -> torch.Tensor:
     return torch.relu(1.0 - (at.unsqueeze(-1) - pixels).abs())
 
 
+def _resample(source: torch.Tensor, row_coords: torch.Tensor, col_coords: torch.Tensor
+              ) -> torch.Tensor:
+    """Bilinearly sample source (N, h, w) at the grid row_coords x col_coords ((N, m) each)."""
+    rows = _bilinear_weights(row_coords, source.shape[-2])  # (N, m, h)
+    cols = _bilinear_weights(col_coords, source.shape[-1])  # (N, m, w)
+    return rows @ source @ cols.transpose(1, 2)
+
+
 def read_glimpse(images: torch.Tensor, z_where: torch.Tensor, size: int) -> torch.Tensor:
     """images (N, H, W), z_where (N, 3) -> glimpses (N, size, size)."""
     s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))  # (N, 1) each
-    g = _pixel_centres(size, images)  # glimpse -> canvas coordinates: p = g / s + c
-    rows = _bilinear_weights(g / s + y, images.shape[-2])  # (N, size, H)
-    cols = _bilinear_weights(g / s + x, images.shape[-1])  # (N, size, W)
-    return rows @ images @ cols.transpose(1, 2)
+    offsets = _pixel_centres(size, images) / s  # glimpse -> canvas coordinates: p = g / s + c
+    return _resample(images, offsets + y, offsets + x)
 
 
 def write_glimpse(glimpses: torch.Tensor, z_where: torch.Tensor, canvas_size: int
@@ -47,9 +53,7 @@ def write_glimpse(glimpses: torch.Tensor, z_where: torch.Tensor, canvas_size: in
     """glimpses (N, g, g), z_where (N, 3) -> canvases (N, H, H), zero outside the box."""
     s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))
     p = _pixel_centres(canvas_size, glimpses)  # canvas -> glimpse coordinates: g = s * (p - c)
-    rows = _bilinear_weights(s * (p - y), glimpses.shape[-2])  # (N, H, g)
-    cols = _bilinear_weights(s * (p - x), glimpses.shape[-1])  # (N, H, g)
-    return rows @ glimpses @ cols.transpose(1, 2)
+    return _resample(glimpses, s * (p - y), s * (p - x))
 
 
 def box_pixels(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
