@@ -26,7 +26,7 @@ from tqdm import tqdm
 from airsearch.config import AIRConfig
 from airsearch.data import MultiMNIST, load_datasets
 from airsearch.diagnostics.gradients import gradient_variance
-from airsearch.model.air import AIR, Noise
+from airsearch.model.air import AIR, LossTerms, Noise
 from airsearch.model.schedules import z_pres_prior_logit
 from airsearch.model.spatial import box_pixels
 from airsearch.stats import Rate, wilson
@@ -151,6 +151,14 @@ class ReplicaStep:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Train step `step` (0-based); returns (mean ELBO per replica, newly diverged mask)."""
+        terms = self.forward(step)
+        losses = terms.model_loss + terms.baseline_loss  # (R,), each replica's own loss
+        self.backward(losses)
+        return terms.elbo.mean(1).detach(), self.update(step, losses)
+
+    # The three phases are separate methods so benchmarks/step_time.py can time each one.
+    def forward(self, step: int) -> LossTerms:
+        """Sample each replica's batch and noise, infer, and compute the loss terms."""
         config, device = self.config, self.train_images.device
         B = config.train.batch_size
         prior_logit = z_pres_prior_logit(config.prior.z_pres, step)
@@ -162,16 +170,21 @@ class ReplicaStep:
             x = x.repeat(1, config.estimator.particles, 1, 1)
         noise = Noise.draw(self.noise_gens, x.shape[1], config.model.max_steps,
                            config.model.z_what_size, device)
-        terms = self.model.loss_terms(x, self.model.infer(x, noise), prior_logit, step)
-        losses = terms.model_loss + terms.baseline_loss  # (R,), each replica's own loss
-        active = self.guard.active.to(device)
-        set_learning_rates(self.optimizer, config.train, step)
+        return self.model.loss_terms(x, self.model.infer(x, noise), prior_logit, step)
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Gradients of the active replicas' summed losses (a frozen replica's loss is left out)."""
+        active = self.guard.active.to(losses.device)
         self.optimizer.zero_grad(set_to_none=False)
         torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+
+    def update(self, step: int, losses: torch.Tensor) -> torch.Tensor:
+        """Guard (clip, freeze the newly diverged), then the optimiser step; returns that mask."""
+        set_learning_rates(self.optimizer, self.config.train, step)
         newly = self.guard.before_step(losses)
         self.optimizer.step()
         self.guard.after_step()
-        return terms.elbo.mean(1).detach(), newly
+        return newly
 
 
 def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, heldout: MultiMNIST,
