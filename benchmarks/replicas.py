@@ -5,7 +5,7 @@ ratios are comparable even when absolute speed varies. Targets: >= 3x at R = 8 o
 CPU, >= 20x at R = 32 on a GPU.
 
 It also prints the ceiling the device sets: a seed-step cannot take less than its FLOPs at the
-device's square-matmul speed (benchmarks/step_time.py's floor), so no R can beat R = 1 by more
+device's square-matmul speed (airsearch.training.speed), so no R can beat R = 1 by more
 than R = 1's step time over that floor.
 
     python benchmarks/replicas.py [--device cuda] [--replicas 1,2,4,8,16,32] [--repeats N]
@@ -18,8 +18,8 @@ import torch
 
 from airsearch.config import AIRConfig, parse_assignments
 from airsearch.data import load_datasets
+from airsearch.training.speed import matmul_floor, median_seconds, phase_flops
 from airsearch.training.trainer import ReplicaStep
-from benchmarks.step_time import matmul_floor, median_seconds, step_flops
 
 
 @click.command()
@@ -49,7 +49,7 @@ def main(assignments: tuple[str, ...], device: str, counts: str | None, repeats:
         throughput = replicas / seconds
         if base is None:
             base = throughput
-            floor_s, _ = matmul_floor(step_flops(step), repeats, device)
+            floor_s, _ = matmul_floor(sum(phase_flops(step, 0).values()), repeats, device)
             ceiling = seconds / floor_s
         print(f"R={replicas:3d}: step {seconds * 1e3:8.1f} ms, {throughput:7.1f} seed-steps/s, "
               f"{throughput / base:5.2f}x R=1")

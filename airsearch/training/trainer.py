@@ -156,7 +156,7 @@ class ReplicaStep:
         self.backward(losses)
         return terms.elbo.mean(1).detach(), self.update(step, losses)
 
-    # The three phases are separate methods so benchmarks/step_time.py can time each one.
+    # Three phases as separate methods, so airsearch.training.speed can time each one.
     def forward(self, step: int) -> LossTerms:
         """Sample each replica's batch and noise, infer, and compute the loss terms."""
         config, device = self.config, self.train_images.device
