@@ -44,8 +44,10 @@ def _resample(source: torch.Tensor, row_coords: torch.Tensor, col_coords: torch.
 def read_glimpse(images: torch.Tensor, z_where: torch.Tensor, size: int) -> torch.Tensor:
     """images (N, H, W), z_where (N, 3) -> glimpses (N, size, size)."""
     s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))  # (N, 1) each
-    offsets = _pixel_centres(size, images) / s  # glimpse -> canvas coordinates: p = g / s + c
-    return _resample(images, offsets + y, offsets + x)
+    g = _pixel_centres(size, images)  # glimpse -> canvas coordinates: p = g / s + c
+    # g / s once per axis, not shared: sharing it rounds the gradient of s differently, which
+    # changes every training trajectory (and the seeds' results recorded in the README).
+    return _resample(images, g / s + y, g / s + x)
 
 
 def write_glimpse(glimpses: torch.Tensor, z_where: torch.Tensor, canvas_size: int
