@@ -182,7 +182,7 @@ def test_baseline_lr_is_applied():
     x = _images(m)
     before = m.baseline.out.bias.detach().clone()
     terms = m.loss_terms(x, m.infer(x, _noise(m)), PRIOR_LOGIT)
-    (terms.model_loss + terms.baseline_loss).sum().backward()
+    terms.total.sum().backward()
     opt.step()
     moved = float((m.baseline.out.bias - before).abs().max())
     assert moved == pytest.approx(1e-2, rel=1e-3)  # Adam's first step is lr * sign(grad)

@@ -62,7 +62,7 @@ def run_manual(config, seeds, steps, images, poison=None):
         x = images[index].to(torch.float32).div_(255.0)
         noise = Noise.draw(noise_gens, B, K, config.model.z_what_size, torch.device("cpu"))
         terms = model.loss_terms(x, model.infer(x, noise), prior_logit)
-        losses = terms.model_loss + terms.baseline_loss
+        losses = terms.total
         optimizer.zero_grad(set_to_none=False)
         torch.where(guard.active, losses, torch.zeros_like(losses)).sum().backward()
         guard.before_step(losses)

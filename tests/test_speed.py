@@ -34,7 +34,7 @@ def test_phases_reproduce_the_training_step_exactly(images):
     for step in range(5):
         whole(step)
         terms = phased.forward(step)
-        losses = terms.model_loss + terms.baseline_loss
+        losses = terms.total
         phased.backward(losses)
         phased.update(step, losses)
     for a, b in zip(whole.model.parameters(), phased.model.parameters(), strict=True):

@@ -95,6 +95,11 @@ class LossTerms:
     elbo: torch.Tensor           # (R, B)
     n: torch.Tensor              # (R, B)
 
+    @property
+    def total(self) -> torch.Tensor:
+        """(R,) each replica's own loss: model and baseline train disjoint parameters on it."""
+        return self.model_loss + self.baseline_loss
+
 
 class AIR(nn.Module):
     def __init__(self, config: AIRConfig, seeds: list[int]) -> None:

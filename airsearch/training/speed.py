@@ -11,11 +11,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from airsearch.training.trainer import ReplicaStep
+
+T = TypeVar("T")
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -46,21 +49,17 @@ def matmul_floor(flops: float, repeats: int, device: str = "cpu") -> tuple[float
 
 def phase_flops(step: ReplicaStep, index: int) -> dict[str, float]:
     """FLOPs of each phase of training step `index`, counted by torch."""
-    counts = {}
-    counter = FlopCounterMode(display=False)
-    with counter:
-        terms = step.forward(index)
-    counts["forward"] = counter.get_total_flops()
-    losses = terms.model_loss + terms.baseline_loss
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step.backward(losses)
-    counts["backward"] = counter.get_total_flops()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step.update(index, losses)
-    counts["update"] = counter.get_total_flops()
-    return counts
+    def counted(phase: Callable[[], T]) -> tuple[T, float]:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            result = phase()
+        return result, counter.get_total_flops()
+
+    terms, forward = counted(lambda: step.forward(index))
+    losses = terms.total
+    _, backward = counted(lambda: step.backward(losses))
+    _, update = counted(lambda: step.update(index, losses))
+    return {"forward": forward, "backward": backward, "update": update}
 
 
 def interleaved_seconds(step: ReplicaStep, matmul: Callable[[], object], repeats: int,
@@ -81,7 +80,7 @@ def interleaved_seconds(step: ReplicaStep, matmul: Callable[[], object], repeats
         for _ in range(block):
             t0 = time.perf_counter()
             terms = step.forward(index)
-            losses = terms.model_loss + terms.baseline_loss
+            losses = terms.total
             t1 = time.perf_counter()
             step.backward(losses)
             t2 = time.perf_counter()

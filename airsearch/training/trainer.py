@@ -152,7 +152,7 @@ class ReplicaStep:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Train step `step` (0-based); returns (mean ELBO per replica, newly diverged mask)."""
         terms = self.forward(step)
-        losses = terms.model_loss + terms.baseline_loss  # (R,), each replica's own loss
+        losses = terms.total
         self.backward(losses)
         return terms.elbo.mean(1).detach(), self.update(step, losses)
 
