@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -105,14 +107,6 @@ def _grid_sample(source, z_where, size, inverse):
     return F.grid_sample(source.unsqueeze(1), grid, align_corners=False).squeeze(1)
 
 
-def _grid_sample_read(images, z_where, size):
-    return _grid_sample(images, z_where, size, inverse=False)
-
-
-def _grid_sample_write(glimpses, z_where, canvas_size):
-    return _grid_sample(glimpses, z_where, canvas_size, inverse=True)
-
-
 @pytest.mark.parametrize("direction", ["read", "write"])
 def test_matches_affine_grid_and_grid_sample(direction):
     """The separable form is grid_sample's bilinear sampling: same values, same gradients,
@@ -122,12 +116,10 @@ def test_matches_affine_grid_and_grid_sample(direction):
     z_where = torch.stack([1 + 3 * torch.rand(N, generator=gen),
                            2.4 * torch.rand(N, generator=gen) - 1.2,
                            2.4 * torch.rand(N, generator=gen) - 1.2], -1)
-    if direction == "read":
-        source, ours, reference, size = torch.rand(N, H, H, generator=gen), read_glimpse, \
-            _grid_sample_read, G
-    else:
-        source, ours, reference, size = torch.rand(N, G, G, generator=gen), write_glimpse, \
-            _grid_sample_write, H
+    writing = direction == "write"
+    source = torch.rand(N, *(G, G) if writing else (H, H), generator=gen)
+    ours, size = (write_glimpse, H) if writing else (read_glimpse, G)
+    reference = functools.partial(_grid_sample, inverse=writing)
     weights = torch.randn(N, size, size, generator=gen)
     grads = []
     for fn in (ours, reference):
