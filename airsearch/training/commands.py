@@ -35,6 +35,8 @@ Examples:
   python cli.py train --seeds 0-7 --out runs/eight-seeds
   python cli.py train --set prior.z_pres.schedule=exponential --set prior.z_pres.initial=0.999999 \\
       --set prior.z_pres.final=1e-7 --set prior.z_pres.duration=100000 --seed 3
+  python cli.py train --resume runs/eight-seeds                 # go on after a kill
+  python cli.py train --resume runs/first --steps 5000            # train a finished run longer
   python cli.py train --list-keys""")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable); see --list-keys.")
@@ -49,11 +51,15 @@ Examples:
               "fit in memory).")
 @click.option("--mnist-dir", type=click.Path(exists=True, file_okay=False),
               envvar="AIRSEARCH_MNIST_DIR", help="Directory with the MNIST IDX files.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="Go on with the run in this directory from its last "
+              "checkpoint, as if it had never stopped (its own config and seeds; --steps may "
+              "raise train.steps).")
 @click.option("--list-keys", is_flag=True, help="Print every config key with default and "
               "allowed values, then exit.")
 def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
           seed_range: str | None, out: Path, device: str, chunk_size: int | None,
-          mnist_dir: str | None, list_keys: bool) -> None:
+          mnist_dir: str | None, resume_dir: Path | None, list_keys: bool) -> None:
     """Train AIR on multi-MNIST and label each seed's outcome.
 
     Writes OUT/summary.json (config, data source, per-seed outcome and metrics, the
@@ -64,20 +70,37 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         for key, spec in knob_specs().items():
             click.echo(f"{key} = {spec.default!r}   ({spec.allowed()}) {spec.help}")
         return
-    from airsearch.training.trainer import train_seeds
+    from airsearch.training.checkpoint import CheckpointError, load_checkpoint
+    from airsearch.training.trainer import check_resumable, train_seeds
 
     if seed is not None and seed_range is not None:
         raise click.UsageError("give --seed or --seeds, not both")
-    seeds = parse_seeds(seed_range) if seed_range else [seed if seed is not None else 0]
+    checkpoint = None
+    if resume_dir is not None:
+        given = [name for name, value in (("--set", assignments), ("--seed", seed),
+                                          ("--seeds", seed_range)) if value not in (None, ())]
+        if click.get_current_context().get_parameter_source("out").name != "DEFAULT":
+            given.append("--out")
+        if given:
+            raise click.UsageError(f"--resume continues a run with its own config, seeds and "
+                                   f"directory: drop {', '.join(given)}")
+        out = resume_dir
     try:
-        overrides = parse_assignments(assignments)
+        if resume_dir is not None:
+            checkpoint = load_checkpoint(resume_dir)
+            base, seeds = checkpoint.config, checkpoint.all_seeds
+        else:
+            base = parse_assignments(assignments)
+            seeds = parse_seeds(seed_range) if seed_range else [seed if seed is not None else 0]
         if steps is not None:
-            overrides["train.steps"] = str(steps)
-        config = AIRConfig.from_flat(overrides)
-    except ConfigError as err:
+            base = {**base, "train.steps": steps}
+        config = AIRConfig.from_flat(base)
+        if checkpoint is not None:
+            check_resumable(checkpoint, config, seeds)
+    except (ConfigError, CheckpointError) as err:
         raise click.UsageError(str(err)) from None
     summary = train_seeds(config, seeds, out_dir=out, device=device, chunk_size=chunk_size,
-                          mnist_dir=mnist_dir)
+                          mnist_dir=mnist_dir, resume=checkpoint)
     click.echo(f"data: {summary.data['source']}")
     for result in summary.seeds:
         acc = result.final.get("eval/count_accuracy", float("nan"))

@@ -87,6 +87,13 @@ class ReplicaGuard:
         self.active = torch.ones(model.replicas, dtype=torch.bool)
         self._frozen: list[torch.Tensor] | None = None
 
+    def load_active(self, active: torch.Tensor) -> None:
+        """Restore which replicas are frozen (after the weights: they are what stays frozen)."""
+        self.active = active.clone()
+        self._frozen = None
+        if not bool(self.active.all()):
+            self._frozen = [p.detach().clone() for p in self.all_params]
+
     def before_step(self, losses: torch.Tensor) -> torch.Tensor:
         """Clip and sanitise gradients; return the (R,) mask of replicas that just diverged."""
         norms = replica_grad_norms(self.model_params)

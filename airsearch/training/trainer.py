@@ -1,7 +1,8 @@
 """Train one configuration on several seeds at once, as vectorized replicas, and label each seed.
 
 Reads like a script: load data -> build R replicas -> loop (sample batch and noise per
-replica, loss, per-replica guard, step) -> evaluate every train.eval_every steps -> summary.
+replica, loss, per-replica guard, step) -> evaluate every train.eval_every steps, and save a
+checkpoint a killed run resumes from (airsearch.training.checkpoint) -> summary.
 Replica r uses only generators seeded from its own seed (init, data order, sampling noise),
 so it follows the same trajectory it would follow alone.
 """
@@ -31,6 +32,13 @@ from airsearch.model.schedules import z_pres_prior_logit
 from airsearch.model.spatial import box_pixels
 from airsearch.stats import Rate, wilson
 from airsearch.training import outcomes
+from airsearch.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Progress,
+    save_checkpoint,
+    trim_metrics,
+)
 from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
 from airsearch.training.figures import attention_figure, reconstruction_figure
 from airsearch.training.localisation import Localisation, localise
@@ -90,32 +98,86 @@ class RunSummary:
 def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None = None,
                 on_eval: Callable[[EvalRecord], None] | None = None, device: str = "cpu",
                 progress: bool = True, chunk_size: int | None = None,
-                mnist_dir: str | None = None) -> RunSummary:
-    """Train `seeds` of `config`; a seed that diverges is labelled, never raised."""
+                mnist_dir: str | None = None, resume: Checkpoint | None = None) -> RunSummary:
+    """Train `seeds` of `config`; a seed that diverges is labelled, never raised.
+
+    With `resume`, the checkpoint of this run in out_dir, the run goes on where it stopped.
+    """
     config.validate()
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
-    start = time.perf_counter()
+    if resume is not None:
+        check_resumable(resume, config, seeds)
+    start = time.perf_counter() - (resume.wall_s if resume is not None else 0.0)
     train, heldout, data_info = load_datasets(config.data, mnist_dir=mnist_dir)
+    if resume is not None and resume.data != data_info.to_dict():
+        raise CheckpointError(f"the run trained on {resume.data['source']}, this machine "
+                              f"offers {data_info.source}: point --mnist-dir at the same "
+                              "digits to resume it")
     torch_device = torch.device(device)
-    chunk = chunk_size or replicas_that_fit(config, torch_device)
-    results: list[SeedResult] = []
     out = Path(out_dir) if out_dir is not None else None
-    for first in range(0, len(seeds), chunk):
-        chunk_seeds = seeds[first:first + chunk]
-        results += _train_replicas(config, chunk_seeds, train, heldout, torch_device, out,
-                                   on_eval, progress, start, data_info.to_dict(), results)
-    return _summary(config, data_info.to_dict(), results, time.perf_counter() - start,
+    run = _Run(config, seeds, train, heldout, torch_device, out, on_eval, progress, start,
+               data_info.to_dict())
+    chunks: list[tuple[list[int], Checkpoint | None]] = []
+    todo = seeds
+    if resume is not None:
+        run.finished = [SeedResult(**fields) for fields in resume.finished]
+        if out is not None:
+            trim_metrics(out, resume)
+        chunks.append((resume.seeds, resume))
+        begun = {result.seed for result in run.finished} | set(resume.seeds)
+        todo = [s for s in seeds if s not in begun]
+    size = chunk_size or replicas_that_fit(config, torch_device)
+    chunks += [(todo[first:first + size], None) for first in range(0, len(todo), size)]
+    for chunk_seeds, checkpoint in chunks:
+        run.finished += _train_replicas(run, chunk_seeds, checkpoint)
+    return _summary(config, run.data_info, run.finished, time.perf_counter() - start,
                     "finished", out)
+
+
+def check_resumable(checkpoint: Checkpoint, config: AIRConfig, seeds: list[int]) -> None:
+    """Resuming continues the same run: same seeds, same config, train.steps at most raised."""
+    if checkpoint.all_seeds != seeds:
+        raise CheckpointError(f"the checkpoint trains seeds {checkpoint.all_seeds}, not {seeds}")
+    flat = config.to_flat()
+    changed = sorted(key for key in flat if key != "train.steps"
+                     and flat[key] != checkpoint.config.get(key))
+    if changed:
+        raise CheckpointError(f"config keys differ from the checkpoint's: {', '.join(changed)}; "
+                              "a resumed run keeps its config (only train.steps may grow)")
+    if config.train.steps < checkpoint.step:
+        raise CheckpointError(f"train.steps ({config.train.steps}) is below the checkpoint's "
+                              f"step ({checkpoint.step})")
+    if checkpoint.finished and config.train.steps != checkpoint.config["train.steps"]:
+        raise CheckpointError("this run trained its seeds in several chunks, and the finished "
+                              "chunks cannot train on: resume it with its own train.steps "
+                              f"({checkpoint.config['train.steps']})")
+
+
+@dataclass
+class _Run:
+    """What every chunk of replicas of one run shares."""
+
+    config: AIRConfig
+    seeds: list[int]
+    train: MultiMNIST
+    heldout: MultiMNIST
+    device: torch.device
+    out: Path | None
+    on_eval: Callable[[EvalRecord], None] | None
+    show_progress: bool
+    start: float  # perf_counter at the start; a resumed run's is earlier by its recorded seconds
+    data_info: dict[str, Any]
+    finished: list[SeedResult] = field(default_factory=list)  # the chunks done so far
 
 
 def replicas_that_fit(config: AIRConfig, device: torch.device) -> int:
     """How many replicas to train at once, from a rough per-replica memory estimate.
 
     Memory grows linearly in R: parameters and Adam state (about 16 bytes per parameter) plus
-    activations kept for the backward pass, dominated by the K written canvases and their
-    sampling grids (about 40 bytes per canvas pixel, per image and step).
+    activations kept for the backward pass, dominated by the K written canvases and the
+    intermediate images of writing them (about 40 bytes per canvas pixel, per image and step).
     """
     m, d = config.model, config.data
     params = (d.canvas_size ** 2 * (m.mlp_width + config.estimator.baseline_width)
@@ -148,6 +210,22 @@ class ReplicaStep:
                           for s in seeds]
         self.noise_gens = [torch.Generator(device=device).manual_seed(s * 1000 + NOISE_STREAM)
                            for s in seeds]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that moves during training: weights, optimiser, guard, generators."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "active": self.guard.active.clone(),
+                "data_gens": [g.get_state() for g in self.data_gens],
+                "noise_gens": [g.get_state() for g in self.noise_gens]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.guard.load_active(state["active"])
+        for gens, saved in ((self.data_gens, state["data_gens"]),
+                            (self.noise_gens, state["noise_gens"])):
+            for gen, gen_state in zip(gens, saved, strict=True):
+                gen.set_state(gen_state)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Train step `step` (0-based); returns (mean ELBO per replica, newly diverged mask)."""
@@ -187,37 +265,32 @@ class ReplicaStep:
         return newly
 
 
-def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, heldout: MultiMNIST,
-                    device: torch.device, out: Path | None,
-                    on_eval: Callable[[EvalRecord], None] | None, progress: bool,
-                    start: float, data_info: dict[str, Any], done: list[SeedResult]
-                    ) -> list[SeedResult]:
+def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> list[SeedResult]:
+    config, out = run.config, run.out
     tc, R = config.train, len(seeds)
-    trainer = ReplicaStep(config, seeds, torch.from_numpy(train.images).to(device))
+    trainer = ReplicaStep(config, seeds, torch.from_numpy(run.train.images).to(run.device))
     model = trainer.model
-    heldout_images = torch.from_numpy(heldout.images)
-    heldout_counts = torch.from_numpy(heldout.counts)
-    heldout_boxes = torch.from_numpy(heldout.boxes)
+    progress = Progress.fresh(R)
+    if resume is not None:
+        trainer.load_state_dict(resume.state)
+        progress = resume.progress
     grad_var_every = config.eval.gradient_variance_every
-    mean_true = float(heldout.counts.mean())
-
-    histories: list[list[dict[str, float]]] = [[] for _ in seeds]
-    accuracies: list[list[float]] = [[] for _ in seeds]
-    converged_at: list[tuple[int, float] | None] = [None] * R
-    diverged_at: list[int | None] = [None] * R
+    mean_true = float(run.heldout.counts.mean())
     elbo_sum, elbo_steps = torch.zeros(R, dtype=torch.float64), 0
     last_eval: Evaluation | None = None
     located: Localisation | None = None
-    bar = tqdm(total=tc.steps, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=tc.steps, initial=progress.step, disable=not run.show_progress,
+               dynamic_ncols=True,
                desc=f"seeds {seeds[0]}..{seeds[-1]}" if R > 1 else f"seed {seeds[0]}")
-    if progress:
-        tqdm.write(f"data: {data_info['source']}; optimiser groups: "
-                   f"{describe_groups(trainer.optimizer)}")
+    if run.show_progress:
+        tqdm.write(f"data: {run.data_info['source']}; optimiser groups: "
+                   f"{describe_groups(trainer.optimizer)}"
+                   + (f"; resumed at step {progress.step}" if resume is not None else ""))
 
-    for step in range(1, tc.steps + 1):
+    for step in range(progress.step + 1, tc.steps + 1):
         elbo, newly = trainer(step - 1)
         for r in torch.nonzero(newly).flatten().tolist():
-            diverged_at[r] = step
+            progress.diverged_at[r] = step
             tqdm.write(f"seed {seeds[r]}: non-finite loss or gradient at step {step}; "
                        "frozen and labelled diverged")
         elbo_sum += torch.nan_to_num(elbo.cpu().to(torch.float64))
@@ -225,79 +298,96 @@ def _train_replicas(config: AIRConfig, seeds: list[int], train: MultiMNIST, held
         bar.update(1)
 
         if step % tc.eval_every == 0 or step == tc.steps:
-            prior_logit = z_pres_prior_logit(config.prior.z_pres, step)
-            last_eval = evaluate(model, heldout_images, heldout_counts, seeds, prior_logit)
-            located = localise(last_eval.boxes, last_eval.present, heldout_boxes,
-                               heldout_counts, model.canvas)
+            last_eval, located = _evaluate(run, model, seeds, step)
             grad_var = None
             if grad_var_every and step % grad_var_every == 0:
-                batch = heldout_images[:tc.batch_size].to(device, torch.float32) / 255.0
-                grad_var = gradient_variance(model, batch.expand(R, *batch.shape), prior_logit,
+                batch = (torch.from_numpy(run.heldout.images[:tc.batch_size])
+                         .to(run.device, torch.float32) / 255.0)
+                grad_var = gradient_variance(model, batch.expand(R, *batch.shape),
+                                             z_pres_prior_logit(config.prior.z_pres, step),
                                              step, seeds, GRAD_VAR_SAMPLES)
-            wall = time.perf_counter() - start
+            wall = time.perf_counter() - run.start
             per_seed = []
             for r, seed in enumerate(seeds):
                 metrics = {"seed": seed, **last_eval.metrics(r), **located.metrics(r),
                            **(grad_var.metrics(r) if grad_var is not None else {}),
                            "train/elbo": float(elbo_sum[r] / elbo_steps),
-                           "diverged": float(diverged_at[r] is not None)}
+                           "diverged": float(progress.diverged_at[r] is not None)}
                 per_seed.append(metrics)
-                histories[r].append({"step": step, "wall_s": wall, **metrics})
-                accuracies[r].append(metrics["eval/count_accuracy"])
-                if (converged_at[r] is None and diverged_at[r] is None
-                        and outcomes.converged(accuracies[r], config.eval.threshold,
-                                               config.eval.hold)):
-                    converged_at[r] = (step, wall)
+                progress.histories[r].append({"step": step, "wall_s": wall, **metrics})
+                if (progress.converged_at[r] is None and progress.diverged_at[r] is None
+                        and outcomes.converged(_accuracies(progress.histories[r]),
+                                               config.eval.threshold, config.eval.hold)):
+                    progress.converged_at[r] = (step, wall)
+            progress.step = step
             elbo_sum.zero_()
             elbo_steps = 0
             record = EvalRecord(step, wall, per_seed)
             if out is not None:
                 _append_metrics(out, record)
-                _save_checkpoint(out, model, seeds, step, config)
-            if on_eval is not None:
-                on_eval(record)
+                save_checkpoint(out, Checkpoint(
+                    config=config.to_flat(), all_seeds=run.seeds, data=run.data_info,
+                    finished=[asdict(result) for result in run.finished], seeds=seeds,
+                    wall_s=wall, progress=progress, state=trainer.state_dict()))
+            if run.on_eval is not None:
+                run.on_eval(record)
             bar.set_postfix_str(_progress_text(per_seed, config.eval.threshold))
-            if progress:
+            if run.show_progress:
                 tqdm.write(f"step {step}: " + _progress_text(per_seed, config.eval.threshold))
             if out is not None:  # a killed run keeps everything recorded so far
-                partial = done + _seed_results(config, seeds, last_eval, histories, accuracies,
-                                               converged_at, diverged_at, mean_true, None)
-                _summary(config, data_info, partial, wall, "running", out)
+                partial = run.finished + _seed_results(config, seeds, last_eval, progress,
+                                                       mean_true, None)
+                _summary(config, run.data_info, partial, wall, "running", out)
     bar.close()
-    figures = _figures(model, heldout, seeds, out) if out is not None else [None] * R
+    if last_eval is None and progress.step > 0:  # resumed after its last step: same weights
+        last_eval, located = _evaluate(run, model, seeds, progress.step)
+    figures = _figures(model, run.heldout, seeds, out) if out is not None else [None] * R
     if out is not None and located is not None:  # the final evaluation saw these weights
         for r, seed in enumerate(seeds):
             attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
                              model.canvas, f"seed {seed}: where each step attends (held-out)",
                              out / f"seed_{seed}" / "attention.png")
-    return _seed_results(config, seeds, last_eval, histories, accuracies, converged_at,
-                         diverged_at, mean_true, figures)
+    return _seed_results(config, seeds, last_eval, progress, mean_true, figures)
+
+
+def _evaluate(run: _Run, model: AIR, seeds: list[int], step: int
+              ) -> tuple[Evaluation, Localisation]:
+    """Held-out count accuracy and localisation at `step` (deterministic: no sampling)."""
+    counts = torch.from_numpy(run.heldout.counts)
+    evaluation = evaluate(model, torch.from_numpy(run.heldout.images), counts, seeds,
+                          z_pres_prior_logit(run.config.prior.z_pres, step))
+    return evaluation, localise(evaluation.boxes, evaluation.present,
+                                torch.from_numpy(run.heldout.boxes), counts, model.canvas)
+
+
+def _accuracies(history: list[dict[str, float]]) -> list[float]:
+    return [row["eval/count_accuracy"] for row in history]
 
 
 def _seed_results(config: AIRConfig, seeds: list[int], last: Evaluation | None,
-                  histories: list[list[dict[str, float]]], accuracies: list[list[float]],
-                  converged_at: list[tuple[int, float] | None], diverged_at: list[int | None],
-                  mean_true: float, figures: list[str | None] | None) -> list[SeedResult]:
+                  progress: Progress, mean_true: float, figures: list[str | None] | None
+                  ) -> list[SeedResult]:
     results = []
     for r, seed in enumerate(seeds):
+        history, diverged_at = progress.histories[r], progress.diverged_at[r]
         if last is None:  # zero training steps: nothing measured
             outcome, final, confusion = "diverged", {}, []
         else:
             outcome = outcomes.label(
-                diverged=diverged_at[r] is not None, accuracies=accuracies[r],
+                diverged=diverged_at is not None, accuracies=_accuracies(history),
                 threshold=config.eval.threshold, hold=config.eval.hold,
                 share_zero=float(last.share_inferred(0)[r]),
                 share_max=float(last.share_inferred(config.model.max_steps)[r]),
                 mean_count=float(last.mean_count[r]), mean_true=mean_true)
-            final = {k: v for k, v in histories[r][-1].items() if k not in ("step", "wall_s")}
+            final = {k: v for k, v in history[-1].items() if k not in ("step", "wall_s")}
             confusion = last.confusion[r].tolist()
-        hit = converged_at[r]
+        hit = progress.converged_at[r]
         results.append(SeedResult(
             seed=seed, outcome=outcome, final=final,
             steps_to_converge=hit[0] if hit and outcome == "converged" else None,
             seconds_to_converge=hit[1] if hit and outcome == "converged" else None,
-            confusion=confusion, history=histories[r],
-            figure_path=figures[r] if figures else None, diverged_at_step=diverged_at[r]))
+            confusion=confusion, history=history,
+            figure_path=figures[r] if figures else None, diverged_at_step=diverged_at))
     return results
 
 
@@ -339,14 +429,6 @@ def _append_metrics(out: Path, record: EvalRecord) -> None:
     with open(out / "metrics.jsonl", "a") as f:
         for metrics in record.per_seed:
             f.write(json.dumps({"step": record.step, "wall_s": record.wall_s, **metrics}) + "\n")
-
-
-def _save_checkpoint(out: Path, model: AIR, seeds: list[int], step: int,
-                     config: AIRConfig) -> None:
-    tmp = out / "checkpoint.pt.tmp"
-    torch.save({"model": model.state_dict(), "seeds": seeds, "step": step,
-                "config": config.to_flat()}, tmp)
-    os.replace(tmp, out / "checkpoint.pt")
 
 
 @torch.no_grad()

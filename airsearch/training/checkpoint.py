@@ -1,0 +1,108 @@
+"""Checkpoints: everything a killed run needs to go on as if it had never stopped.
+
+Written atomically at every evaluation. Besides the weights it holds the optimiser's moments,
+which replicas the guard froze, every replica's data and noise generator state and the
+loop's record (evaluations, when each seed converged or diverged, wall seconds so far), so a
+resumed run takes bitwise the steps the uninterrupted run would have taken. The seeds of a
+run split into chunks are trained one chunk after another; the checkpoint holds the chunk in
+training and the results of the chunks already finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1  # raised whenever a field changes meaning, so an old file is refused, not misread
+
+
+class CheckpointError(ValueError):
+    """A run cannot be resumed from this checkpoint; the message says why."""
+
+
+@dataclass
+class Progress:
+    """The training loop's record of one chunk of replicas, as of `step`."""
+
+    step: int
+    histories: list[list[dict[str, float]]]  # per replica: one row per evaluation
+    converged_at: list[tuple[int, float] | None]  # (step, wall seconds) the rule first held
+    diverged_at: list[int | None]
+
+    @classmethod
+    def fresh(cls, replicas: int) -> Progress:
+        return cls(0, [[] for _ in range(replicas)], [None] * replicas, [None] * replicas)
+
+
+@dataclass
+class Checkpoint:
+    config: dict[str, Any]        # flat config of the run
+    all_seeds: list[int]          # every seed of the run, in order
+    data: dict[str, Any]          # the data source the run trained on
+    finished: list[dict[str, Any]]  # SeedResult fields of the chunks already done
+    seeds: list[int]              # the chunk in training
+    wall_s: float                 # training seconds so far (time while stopped not counted)
+    progress: Progress
+    state: dict[str, Any]         # ReplicaStep.state_dict(): weights, optimiser, generators
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+
+def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
+    """Write OUT/checkpoint.pt through a temporary file, so a kill never leaves half a file.
+
+    `model`, `seeds`, `step` and `config` sit at the top level for readers that only want the
+    weights (`diagnose gradients --checkpoint`).
+    """
+    fields = asdict(checkpoint)
+    state = fields.pop("state")
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save({"format": FORMAT, "model": state["model"], "step": checkpoint.step,
+                "trainer": state, **fields}, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The checkpoint of the run in `run_dir`, or a CheckpointError saying what is wrong."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: only a run that reached its first "
+                              "evaluation (train.eval_every steps) can be resumed")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("format") != FORMAT:
+        raise CheckpointError(f"{path} was written by another version of airsearch (format "
+                              f"{saved.get('format')!r}, this one reads {FORMAT}); it cannot "
+                              "be resumed")
+    progress = saved["progress"]
+    progress["converged_at"] = [tuple(c) if c is not None else None
+                                for c in progress["converged_at"]]
+    return Checkpoint(config=saved["config"], all_seeds=saved["all_seeds"], data=saved["data"],
+                      finished=saved["finished"], seeds=saved["seeds"], wall_s=saved["wall_s"],
+                      progress=Progress(**progress), state=saved["trainer"])
+
+
+def trim_metrics(out: Path, checkpoint: Checkpoint) -> None:
+    """Drop the rows of OUT/metrics.jsonl written after the checkpoint.
+
+    Metrics are appended just before the checkpoint is saved, so a run killed in between has
+    rows the checkpoint does not know of; the resumed run writes them again.
+    """
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return
+    finished = {int(result["seed"]) for result in checkpoint.finished}
+    chunk = set(checkpoint.seeds)
+    kept = [line for line in path.read_text().splitlines()
+            if (row := json.loads(line))["seed"] in finished
+            or (row["seed"] in chunk and row["step"] <= checkpoint.step)]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)

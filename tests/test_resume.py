@@ -1,0 +1,169 @@
+"""Resuming: a run killed after a checkpoint and resumed ends bitwise where the run that was
+never interrupted ends (weights, optimiser moments, metrics, outcomes)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from airsearch.config import AIRConfig
+from airsearch.data import load_datasets
+from airsearch.training.checkpoint import CheckpointError, load_checkpoint
+from airsearch.training.trainer import ReplicaStep, check_resumable, train_seeds
+from cli import main
+
+TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 32,
+        "model.mlp_width": 32, "model.mlp_depth": 1, "model.z_what_size": 8,
+        "model.glimpse_size": 10, "estimator.baseline_width": 32, "train.batch_size": 16,
+        "train.steps": 20, "train.eval_every": 5}
+SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+
+pytestmark = pytest.mark.filterwarnings("ignore:full MNIST not found")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mp.setenv("AIRSEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("AIRSEARCH_MNIST_DIR", raising=False)
+        yield
+
+
+class Killed(Exception):
+    """Stands in for a kill right after the checkpoint of one evaluation."""
+
+
+def kill_at(seed: int, step: int):
+    def on_eval(record):
+        if record.step == step and seed in [row["seed"] for row in record.per_seed]:
+            raise Killed
+    return on_eval
+
+
+def metrics_without_wall_time(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+
+@pytest.mark.parametrize("chunk_size, killed_seed", [(None, 0), (1, 1)],
+                         ids=["one-chunk", "killed-in-second-chunk"])
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, chunk_size, killed_seed):
+    config = AIRConfig.from_flat(TINY)
+    whole = train_seeds(config, [0, 1], out_dir=tmp_path / "whole", progress=False,
+                        chunk_size=chunk_size)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train_seeds(config, [0, 1], out_dir=out, progress=False, chunk_size=chunk_size,
+                    on_eval=kill_at(killed_seed, 10))
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"
+    # Killed between appending metrics and saving the checkpoint: a row the checkpoint lacks.
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 15, "wall_s": 0.0, "seed": killed_seed}) + "\n")
+
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.step == 10
+    assert checkpoint.seeds == ([0, 1] if chunk_size is None else [1])
+    resumed = train_seeds(config, [0, 1], out_dir=out, progress=False, chunk_size=chunk_size,
+                          resume=checkpoint)
+
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "whole", out))
+    assert a["step"] == b["step"] == 20
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    moments_a, moments_b = a["trainer"]["optimizer"]["state"], b["trainer"]["optimizer"]["state"]
+    for index, state in moments_a.items():
+        for name, tensor in state.items():
+            assert torch.equal(tensor, moments_b[index][name]), (index, name)
+    assert metrics_without_wall_time(out) == metrics_without_wall_time(tmp_path / "whole")
+    for x, y in zip(whole.seeds, resumed.seeds, strict=True):
+        assert (x.seed, x.outcome, x.final, x.confusion, x.steps_to_converge) == \
+               (y.seed, y.outcome, y.final, y.confusion, y.steps_to_converge)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["rate"]["n"] == 2
+    # Wall seconds go on from the checkpoint's: the time stopped is not counted, nothing restarts.
+    walls = [row["wall_s"] for row in resumed.seeds[killed_seed].history]
+    assert walls == sorted(walls) and walls[2] > checkpoint.wall_s
+
+
+def test_frozen_replica_stays_frozen_after_a_round_trip(tmp_path):
+    """A replica that diverged before the checkpoint is still frozen after loading it, and the
+    healthy one trains on exactly as without the interruption."""
+    config = AIRConfig.from_flat(TINY)
+    train, _, _ = load_datasets(config.data)
+    images = torch.from_numpy(train.images)
+    going_on = ReplicaStep(config, [0, 1], images)
+    for step in range(2):
+        going_on(step)
+    with torch.no_grad():  # a z_what sd of 1e30: replica 1's KL overflows at the next step
+        going_on.model.glimpse_encoder.out.bias[1, :, config.model.z_what_size:] = 1e30
+    going_on(2)
+    assert going_on.guard.active.tolist() == [True, False]
+    torch.save(going_on.state_dict(), tmp_path / "state.pt")
+    frozen = {name: p[1].clone() for name, p in going_on.model.named_parameters()}
+
+    resumed = ReplicaStep(config, [0, 1], images)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    for step in range(3, 6):
+        going_on(step)
+        resumed(step)
+    assert resumed.guard.active.tolist() == [True, False]
+    for name, p in resumed.model.named_parameters():
+        assert torch.equal(p, dict(going_on.model.named_parameters())[name]), name
+        assert torch.equal(p[1], frozen[name]), name
+
+
+def test_cli_resume_trains_a_finished_run_longer(tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", *SETS, "--set", "train.steps=10", "--seeds", "0-1",
+                                 "--out", str(out)], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    longer = runner.invoke(main, ["train", "--resume", str(out), "--steps", "15"],
+                           catch_exceptions=False)
+    assert longer.exit_code == 0, longer.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 15 and summary["status"] == "finished"
+    assert [[row["step"] for row in seed["history"]] for seed in summary["seeds"]] == \
+           [[5, 10, 15], [5, 10, 15]]
+    assert sorted((row["step"], row["seed"]) for row in metrics_without_wall_time(out)) == \
+           [(step, seed) for step in (5, 10, 15) for seed in (0, 1)]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "train.lr=1e-3"], "drop --set"),
+    (["--seeds", "0-3"], "drop --seeds"),
+    (["--steps", "5"], "train.steps (5) is below the checkpoint's step (10)"),
+])
+def test_cli_resume_refuses_to_change_the_run(tmp_path, args, needle):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", *SETS, "--set", "train.steps=10", "--out", str(out)],
+                          catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    before = (out / "checkpoint.pt").read_bytes()
+    result = runner.invoke(main, ["train", "--resume", str(out), *args])
+    assert result.exit_code != 0
+    assert needle in result.output
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "checkpoint.pt does not exist" in result.output
+
+
+def test_changed_config_is_named(tmp_path):
+    config = AIRConfig.from_flat({**TINY, "train.steps": 5})
+    train_seeds(config, [0], out_dir=tmp_path, progress=False)
+    checkpoint = load_checkpoint(tmp_path)
+    changed = AIRConfig.from_flat({**TINY, "train.lr": 1e-3, "model.max_steps": 4})
+    with pytest.raises(CheckpointError, match="model.max_steps, train.lr"):
+        check_resumable(checkpoint, changed, [0])
+    with pytest.raises(CheckpointError, match=r"seeds \[0\], not \[0, 1\]"):
+        check_resumable(checkpoint, config, [0, 1])
