@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
-from airsearch.training.checkpoint import CheckpointError, load_checkpoint
-from airsearch.training.trainer import ReplicaStep, check_resumable, train_seeds
+from airsearch.study.trial import resumable_checkpoint, trial_folder
+from airsearch.training.checkpoint import CheckpointError, check_resumable, load_checkpoint
+from airsearch.training.trainer import ReplicaStep, train_seeds
 from cli import main
 
 TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 32,
@@ -167,3 +168,23 @@ def test_changed_config_is_named(tmp_path):
         check_resumable(checkpoint, changed, [0])
     with pytest.raises(CheckpointError, match=r"seeds \[0\], not \[0, 1\]"):
         check_resumable(checkpoint, config, [0, 1])
+
+
+def test_a_configuration_training_twice_at_once_gets_a_second_folder(tmp_path):
+    """Two trials of one configuration at the same time must not write into one folder."""
+    folder = tmp_path / "config"
+    with trial_folder(folder) as first, trial_folder(folder) as second:
+        assert first == folder and second != folder and second.is_dir()
+    with trial_folder(folder) as again:  # released when the first trial ended
+        assert again == folder
+
+
+def test_a_trial_resumes_only_a_checkpoint_of_its_own_configuration(tmp_path):
+    """What cannot be resumed is cleared, so that a fresh run does not append to it."""
+    train_seeds(AIRConfig.from_flat({**TINY, "train.steps": 5}), [0], out_dir=tmp_path,
+                progress=False)
+    longer = AIRConfig.from_flat({**TINY, "train.steps": 10})
+    assert resumable_checkpoint(tmp_path, longer, (0,)).step == 5
+    assert resumable_checkpoint(tmp_path, AIRConfig.from_flat({**TINY, "train.lr": 1e-3}),
+                                (0,)) is None
+    assert not any(tmp_path.iterdir())

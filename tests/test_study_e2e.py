@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -21,6 +22,7 @@ from airsearch.stats import wilson
 from airsearch.study import runner
 from airsearch.study.report import load_report, render, write_report
 from airsearch.study.spec import StudySpec, load_spec
+from airsearch.training.trainer import train_seeds
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +33,9 @@ DIVERGES = 1.0  # train.lr that sends the tiny model to nan within a few steps
 
 
 def make_spec(tmp_path: Path, name: str, search: dict, seeds: int = 2, steps: int = 20,
-              **extra: object) -> StudySpec:
+              eval_every: int = 10, **extra: object) -> StudySpec:
     doc = {"name": name, "config": TINY, "seeds": seeds,
-           "training": {"steps": steps, "eval_every": 10},
+           "training": {"steps": steps, "eval_every": eval_every},
            "convergence": {"threshold": 0.3, "hold": 1}, "search": search,
            "storage": str(tmp_path / "runs" / name), **extra}
     path = tmp_path / f"{name}.yaml"
@@ -205,3 +207,57 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     finished = [t.last_result["config_id"] for t in trials if t.last_result.get("finished")]
     assert sorted(finished) == sorted(
         p.data.tags["airsearch.config_id"] for p in runs(uri, "resume", "configuration"))
+
+
+def test_configuration_killed_midway_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """Launched again after a kill, a configuration goes on from its last checkpoint and ends
+    exactly as if it had trained without interruption."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "midway", {"mode": "grid", "space": {
+        "init.decoder_bias": [-2.0]}}, seeds=1, steps=1500, eval_every=50)
+    command = [sys.executable, str(ROOT / "cli.py"), "study", "launch", spec.path,
+               "--tracking-uri", uri, "--num-cpus", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    trials = Path(spec.storage) / "trials"
+    deadline, reached = time.time() + 600, 0
+    while time.time() < deadline and driver.poll() is None and reached < 300:
+        time.sleep(0.5)
+        for metrics in trials.glob("*/metrics.jsonl"):
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+            reached = max([reached] + [row["step"] for row in rows])
+    assert driver.poll() is None and 300 <= reached < 1500, driver.stdout.read().decode()[-3000:]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    check_structure(uri, spec, 1)
+    finished = [t.last_result for t in
+                ray.tune.ExperimentAnalysis(str(runner.ray_path(spec))).trials
+                if t.last_result.get("finished")]
+    assert len(finished) == 1
+    result = finished[0]
+    assert result["error"] == "" and result["resumed_from_step"] >= 300
+    parent = runs(uri, "midway", "configuration")[0]
+    assert int(parent.data.tags["airsearch.resumed_from_step"]) == result["resumed_from_step"]
+    assert not list(trials.glob("*/checkpoint.pt"))  # reported, so no longer kept
+
+    # The same configuration trained without interruption, on the trial's thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(spec.cpus))
+    try:
+        alone = train_seeds(spec.config_for({"init.decoder_bias": -2.0}), spec.seeds,
+                            progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (resumed,) = json.loads(result["seeds_json"])
+    assert resumed["outcome"] == alone.seeds[0].outcome
+
+    def without_wall_time(history: list[dict]) -> str:  # JSON: a NaN metric equals itself
+        return json.dumps([{k: float(v) for k, v in row.items() if k != "wall_s"}
+                           for row in history], sort_keys=True)
+
+    assert without_wall_time(resumed["history"]) == without_wall_time(alone.seeds[0].history)

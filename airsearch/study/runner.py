@@ -2,7 +2,8 @@
 
 Ray Tune owns scheduling and resume; the Optuna study (optuna.db) and Ray's experiment
 (ray/) live side by side under the study's storage folder, so both come back together.
-Restoring uses `resume_errored=True`: a trial that died with its worker is trained again.
+Restoring uses `resume_errored=True`: a trial that died with its worker is trained again,
+from its configuration's last checkpoint (airsearch.study.trial).
 After the driver is killed, Ray re-runs trials that were not yet in its last snapshot; the
 MLflow callback recognises configurations it already logged, and a final pass over Ray's
 results logs any finished trial the callback missed, so every configuration counts once.

@@ -153,6 +153,8 @@ class StudyTracker:
         tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "1")]
         if result["error"]:
             tags.append(RunTag("airsearch.error", result["error"][:7000]))
+        if result.get("resumed_from_step"):
+            tags.append(RunTag("airsearch.resumed_from_step", str(result["resumed_from_step"])))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, "FAILED" if result["error"] else "FINISHED")
         return True

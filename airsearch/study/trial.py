@@ -9,17 +9,25 @@ An exception therefore becomes every seed with outcome "error" and the message a
 
 Everything the driver needs travels inside the final report, figures included (as base64),
 so it works on a cluster where the worker's disk is not the driver's.
+
+A trial trains in its configuration's folder under the study's storage (trials/<config id>),
+checkpointed at every evaluation. When the configuration trains again after a crash (a
+killed driver, a lost worker), it resumes from that checkpoint instead of starting over, and
+ends bitwise where it would have ended. The checkpoint is deleted once the trial reports.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import math
+import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +35,23 @@ import ray
 import torch
 from ray import tune
 
+from airsearch.config import AIRConfig
 from airsearch.stats import wilson
 from airsearch.study.space import OBJECTIVE, overrides_from_params
 from airsearch.study.spec import StudySpec, config_id
+from airsearch.training.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    CheckpointError,
+    check_resumable,
+    load_checkpoint,
+)
 from airsearch.training.outcomes import converged
 
 ERROR = "error"
 ACCURACY = "eval/count_accuracy"
+TRIALS_DIR = "trials"
+LOCK = ".lock"
 
 
 def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
@@ -46,7 +64,7 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     started = time.time()
     placement = {"config_id": cid, "node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
-                 "started_at": started}
+                 "started_at": started, "resumed_from_step": 0}
     history: dict[int, list[dict[str, float]]] = {s: [] for s in spec.seeds}
 
     def on_eval(record: Any) -> None:
@@ -63,13 +81,21 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     try:
         config = spec.config_for(overrides)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        with tempfile.TemporaryDirectory(prefix="airsearch-") as tmp:
-            summary = train_seeds(config, spec.seeds, out_dir=Path(tmp), on_eval=on_eval,
-                                  device=device, progress=False)
-            seeds = [_seed_record(result, Path(tmp)) for result in summary.seeds]
+        with trial_folder(Path(spec.storage) / TRIALS_DIR / cid) as out:
+            resume = resumable_checkpoint(out, config, spec.seeds)
+            if resume is not None:
+                placement["resumed_from_step"] = resume.step
+                for fields in resume.finished:
+                    history[int(fields["seed"])] = list(fields["history"])
+                for seed, rows in zip(resume.seeds, resume.progress.histories, strict=True):
+                    history[seed] = list(rows)
+            summary = train_seeds(config, spec.seeds, out_dir=out, on_eval=on_eval,
+                                  device=device, progress=False, resume=resume)
+            seeds = [_seed_record(result, out) for result in summary.seeds]
             # Every figure of a seed's folder: reconstruction.png, attention.png.
-            artifacts = {str(png.relative_to(tmp)): _b64(png) for rec in seeds if rec["figure"]
-                         for png in sorted((Path(tmp) / rec["figure"]).parent.glob("*.png"))}
+            artifacts = {str(png.relative_to(out)): _b64(png) for rec in seeds if rec["figure"]
+                         for png in sorted((out / rec["figure"]).parent.glob("*.png"))}
+            (out / CHECKPOINT).unlink(missing_ok=True)  # reported; the weights are not kept
         error = ""
     except Exception as exc:  # noqa: BLE001 -- a failed configuration is a result, not a crash
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
@@ -77,6 +103,46 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
         artifacts = {}
     tune.report(final_metrics(spec, overrides, seeds, error, artifacts,
                               {**placement, "ended_at": time.time()}))
+
+
+@contextlib.contextmanager
+def trial_folder(folder: Path) -> Iterator[Path]:
+    """A configuration's folder, locked while a trial trains in it.
+
+    A trial that finds it locked (the same configuration training in another trial at this
+    moment, as Optuna may propose twice) trains in a temporary folder instead.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / LOCK, "w")  # held open for the whole trial
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        with tempfile.TemporaryDirectory(prefix="airsearch-") as tmp:
+            yield Path(tmp)
+        return
+    with lock:  # closing the file releases the lock, also when the process dies
+        yield folder
+
+
+def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
+                         ) -> Checkpoint | None:
+    """The checkpoint this configuration left in `folder`, if training can go on from it.
+
+    Anything else there (a finished run's record, a checkpoint of another version of the
+    study file) is cleared, so that the new run does not append to it.
+    """
+    if (folder / CHECKPOINT).exists():
+        try:
+            checkpoint = load_checkpoint(folder)
+            check_resumable(checkpoint, config, seeds)
+            return checkpoint
+        except CheckpointError:
+            pass
+    for entry in folder.iterdir():
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return None
 
 
 def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[dict[str, Any]],

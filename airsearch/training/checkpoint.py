@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from airsearch.config import AIRConfig
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1  # raised whenever a field changes meaning, so an old file is refused, not misread
@@ -54,6 +57,26 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return self.progress.step
+
+
+def check_resumable(checkpoint: Checkpoint, config: AIRConfig, seeds: Sequence[int]) -> None:
+    """Resuming continues the same run: same seeds, same config, train.steps at most raised."""
+    if checkpoint.all_seeds != list(seeds):
+        raise CheckpointError(f"the checkpoint trains seeds {checkpoint.all_seeds}, "
+                              f"not {list(seeds)}")
+    flat = config.to_flat()
+    changed = sorted(key for key in flat if key != "train.steps"
+                     and flat[key] != checkpoint.config.get(key))
+    if changed:
+        raise CheckpointError(f"config keys differ from the checkpoint's: {', '.join(changed)}; "
+                              "a resumed run keeps its config (only train.steps may grow)")
+    if config.train.steps < checkpoint.step:
+        raise CheckpointError(f"train.steps ({config.train.steps}) is below the checkpoint's "
+                              f"step ({checkpoint.step})")
+    if checkpoint.finished and config.train.steps != checkpoint.config["train.steps"]:
+        raise CheckpointError("this run trained its seeds in several chunks, and the finished "
+                              "chunks cannot train on: resume it with its own train.steps "
+                              f"({checkpoint.config['train.steps']})")
 
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:

@@ -70,8 +70,8 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         for key, spec in knob_specs().items():
             click.echo(f"{key} = {spec.default!r}   ({spec.allowed()}) {spec.help}")
         return
-    from airsearch.training.checkpoint import CheckpointError, load_checkpoint
-    from airsearch.training.trainer import check_resumable, train_seeds
+    from airsearch.training.checkpoint import CheckpointError, check_resumable, load_checkpoint
+    from airsearch.training.trainer import train_seeds
 
     if seed is not None and seed_range is not None:
         raise click.UsageError("give --seed or --seeds, not both")

@@ -36,6 +36,7 @@ from airsearch.training.checkpoint import (
     Checkpoint,
     CheckpointError,
     Progress,
+    check_resumable,
     save_checkpoint,
     trim_metrics,
 )
@@ -134,25 +135,6 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
         run.finished += _train_replicas(run, chunk_seeds, checkpoint)
     return _summary(config, run.data_info, run.finished, time.perf_counter() - start,
                     "finished", out)
-
-
-def check_resumable(checkpoint: Checkpoint, config: AIRConfig, seeds: list[int]) -> None:
-    """Resuming continues the same run: same seeds, same config, train.steps at most raised."""
-    if checkpoint.all_seeds != seeds:
-        raise CheckpointError(f"the checkpoint trains seeds {checkpoint.all_seeds}, not {seeds}")
-    flat = config.to_flat()
-    changed = sorted(key for key in flat if key != "train.steps"
-                     and flat[key] != checkpoint.config.get(key))
-    if changed:
-        raise CheckpointError(f"config keys differ from the checkpoint's: {', '.join(changed)}; "
-                              "a resumed run keeps its config (only train.steps may grow)")
-    if config.train.steps < checkpoint.step:
-        raise CheckpointError(f"train.steps ({config.train.steps}) is below the checkpoint's "
-                              f"step ({checkpoint.step})")
-    if checkpoint.finished and config.train.steps != checkpoint.config["train.steps"]:
-        raise CheckpointError("this run trained its seeds in several chunks, and the finished "
-                              "chunks cannot train on: resume it with its own train.steps "
-                              f"({checkpoint.config['train.steps']})")
 
 
 @dataclass
