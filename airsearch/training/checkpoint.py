@@ -85,11 +85,12 @@ def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
     `model`, `seeds`, `step` and `config` sit at the top level for readers that only want the
     weights (`diagnose gradients --checkpoint`).
     """
-    fields = asdict(checkpoint)
-    state = fields.pop("state")
+    c = checkpoint  # fields one by one: asdict would deep-copy every tensor of the state
     tmp = out / (CHECKPOINT + ".tmp")
-    torch.save({"format": FORMAT, "model": state["model"], "step": checkpoint.step,
-                "trainer": state, **fields}, tmp)
+    torch.save({"format": FORMAT, "model": c.state["model"], "step": c.step, "trainer": c.state,
+                "config": c.config, "all_seeds": c.all_seeds, "data": c.data,
+                "finished": c.finished, "seeds": c.seeds, "wall_s": c.wall_s,
+                "progress": asdict(c.progress)}, tmp)
     os.replace(tmp, out / CHECKPOINT)
 
 
