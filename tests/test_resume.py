@@ -137,7 +137,9 @@ def test_cli_resume_trains_a_finished_run_longer(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--set", "train.lr=1e-3"], "drop --set"),
+    (["--seed", "0"], "drop --seed"),
     (["--seeds", "0-3"], "drop --seeds"),
+    (["--overwrite"], "drop --overwrite"),
     (["--steps", "5"], "train.steps (5) is below the checkpoint's step (10)"),
 ])
 def test_cli_resume_refuses_to_change_the_run(tmp_path, args, needle):
@@ -168,6 +170,8 @@ def test_changed_config_is_named(tmp_path):
         check_resumable(checkpoint, changed, [0])
     with pytest.raises(CheckpointError, match=r"seeds \[0\], not \[0, 1\]"):
         check_resumable(checkpoint, config, [0, 1])
+    with pytest.raises(CheckpointError, match="already holds a finished run of 5 steps"):
+        train_seeds(config, [0], out_dir=tmp_path, progress=False)
 
 
 def test_a_configuration_training_twice_at_once_gets_a_second_folder(tmp_path):
@@ -188,3 +192,23 @@ def test_a_trial_resumes_only_a_checkpoint_of_its_own_configuration(tmp_path):
     assert resumable_checkpoint(tmp_path, AIRConfig.from_flat({**TINY, "train.lr": 1e-3}),
                                 (0,)) is None
     assert not any(tmp_path.iterdir())
+
+
+def test_a_new_run_never_writes_over_a_recorded_one(tmp_path):
+    """Training into a folder that holds a run is refused, naming --resume and --overwrite;
+    --overwrite replaces the run, leaving no row of the old one."""
+    out = tmp_path / "run"
+    runner = CliRunner()
+    args = ["train", *SETS, "--set", "train.steps=10", "--out", str(out)]
+    assert runner.invoke(main, args, catch_exceptions=False).exit_code == 0
+    recorded = {name: (out / name).read_bytes() for name in ("summary.json", "metrics.jsonl")}
+    again = runner.invoke(main, [*args, "--seed", "1"])
+    assert again.exit_code != 0
+    assert "holds a finished run of 10 steps" in again.output
+    assert f"--resume {out}" in again.output and "--overwrite" in again.output
+    assert all((out / name).read_bytes() == data for name, data in recorded.items())
+
+    replaced = runner.invoke(main, [*args, "--seed", "1", "--overwrite"], catch_exceptions=False)
+    assert replaced.exit_code == 0, replaced.output
+    assert {row["seed"] for row in metrics_without_wall_time(out)} == {1}
+    assert not (out / "seed_0").exists() and (out / "seed_1").is_dir()

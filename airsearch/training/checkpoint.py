@@ -6,12 +6,16 @@ loop's record (evaluations, when each seed converged or diverged, wall seconds s
 resumed run takes bitwise the steps the uninterrupted run would have taken. The seeds of a
 run split into chunks are trained one chunk after another; the checkpoint holds the chunk in
 training and the results of the chunks already finished.
+
+A fresh run never writes into a folder that holds another run: its metrics would be appended
+to the other's, and a checkpoint worth resuming overwritten.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +26,7 @@ import torch
 from airsearch.config import AIRConfig
 
 CHECKPOINT = "checkpoint.pt"
+RUN_FILES = ("summary.json", "metrics.jsonl", CHECKPOINT)  # and a seed_<s>/ folder per seed
 FORMAT = 1  # raised whenever a field changes meaning, so an old file is refused, not misread
 
 
@@ -130,3 +135,23 @@ def trim_metrics(out: Path, checkpoint: Checkpoint) -> None:
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def check_fresh_folder(out: Path) -> None:
+    """Refuse to start a run in a folder that holds one, saying how to go on."""
+    if any((Path(out) / name).exists() for name in RUN_FILES):
+        try:
+            summary = json.loads((Path(out) / "summary.json").read_text())
+            held = f"a {summary['status']} run of {summary['steps']} steps"
+        except (OSError, ValueError, KeyError):
+            held = "a run"
+        raise CheckpointError(f"{out} already holds {held}: continue it with --resume {out}, "
+                              "replace it with --overwrite, or choose another --out")
+
+
+def clear_run(out: Path) -> None:
+    """Delete the files of the run in `out` (nothing else in the folder)."""
+    for name in RUN_FILES:
+        (Path(out) / name).unlink(missing_ok=True)
+    for folder in Path(out).glob("seed_*"):
+        shutil.rmtree(folder)

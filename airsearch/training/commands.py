@@ -55,11 +55,14 @@ Examples:
               path_type=Path), help="Go on with the run in this directory from its last "
               "checkpoint, as if it had never stopped (its own config and seeds; --steps may "
               "raise train.steps).")
+@click.option("--overwrite", is_flag=True, help="Replace the run that --out already holds "
+              "(without it, such a run is kept and nothing is trained).")
 @click.option("--list-keys", is_flag=True, help="Print every config key with default and "
               "allowed values, then exit.")
 def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
           seed_range: str | None, out: Path, device: str, chunk_size: int | None,
-          mnist_dir: str | None, resume_dir: Path | None, list_keys: bool) -> None:
+          mnist_dir: str | None, resume_dir: Path | None, overwrite: bool,
+          list_keys: bool) -> None:
     """Train AIR on multi-MNIST and label each seed's outcome.
 
     Writes OUT/summary.json (config, data source, per-seed outcome and metrics, the
@@ -70,17 +73,24 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         for key, spec in knob_specs().items():
             click.echo(f"{key} = {spec.default!r}   ({spec.allowed()}) {spec.help}")
         return
-    from airsearch.training.checkpoint import CheckpointError, check_resumable, load_checkpoint
+    from airsearch.training.checkpoint import (
+        CheckpointError,
+        check_fresh_folder,
+        check_resumable,
+        clear_run,
+        load_checkpoint,
+    )
     from airsearch.training.trainer import train_seeds
 
     if seed is not None and seed_range is not None:
         raise click.UsageError("give --seed or --seeds, not both")
     checkpoint = None
     if resume_dir is not None:
-        given = [name for name, value in (("--set", assignments), ("--seed", seed),
-                                          ("--seeds", seed_range)) if value not in (None, ())]
-        if click.get_current_context().get_parameter_source("out").name != "DEFAULT":
-            given.append("--out")
+        given = [name for name, present in (
+            ("--set", bool(assignments)), ("--seed", seed is not None),
+            ("--seeds", seed_range is not None), ("--overwrite", overwrite),
+            ("--out", click.get_current_context().get_parameter_source("out").name != "DEFAULT"),
+        ) if present]
         if given:
             raise click.UsageError(f"--resume continues a run with its own config, seeds and "
                                    f"directory: drop {', '.join(given)}")
@@ -97,8 +107,12 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         config = AIRConfig.from_flat(base)
         if checkpoint is not None:
             check_resumable(checkpoint, config, seeds)
+        elif not overwrite:
+            check_fresh_folder(out)
     except (ConfigError, CheckpointError) as err:
         raise click.UsageError(str(err)) from None
+    if overwrite:
+        clear_run(out)
     summary = train_seeds(config, seeds, out_dir=out, device=device, chunk_size=chunk_size,
                           mnist_dir=mnist_dir, resume=checkpoint)
     click.echo(f"data: {summary.data['source']}")

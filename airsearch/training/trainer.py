@@ -36,6 +36,7 @@ from airsearch.training.checkpoint import (
     Checkpoint,
     CheckpointError,
     Progress,
+    check_fresh_folder,
     check_resumable,
     save_checkpoint,
     trim_metrics,
@@ -110,6 +111,8 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
     if resume is not None:
         check_resumable(resume, config, seeds)
+    elif out_dir is not None:
+        check_fresh_folder(Path(out_dir))
     start = time.perf_counter() - (resume.wall_s if resume is not None else 0.0)
     train, heldout, data_info = load_datasets(config.data, mnist_dir=mnist_dir)
     if resume is not None and resume.data != data_info.to_dict():
