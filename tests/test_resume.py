@@ -4,7 +4,13 @@ never interrupted ends (weights, optimiser moments, metrics, outcomes)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +218,27 @@ def test_a_new_run_never_writes_over_a_recorded_one(tmp_path):
     assert replaced.exit_code == 0, replaced.output
     assert {row["seed"] for row in metrics_without_wall_time(out)} == {1}
     assert not (out / "seed_0").exists() and (out / "seed_1").is_dir()
+
+
+def test_ctrl_c_says_how_to_go_on(tmp_path):
+    """Interrupted from the keyboard, train exits 130 and prints the command that resumes it;
+    that command then finishes the run."""
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "cli.py"), "train", *SETS, "--set", "train.steps=100000",
+               "--out", str(out)]
+    run = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-2000:]
+    assert f"go on with `python cli.py train --resume {out}`" in stderr
+    step = load_checkpoint(out).step
+    assert step >= 5
+    result = CliRunner().invoke(main, ["train", "--resume", str(out), "--steps", str(step + 5)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"

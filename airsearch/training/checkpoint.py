@@ -65,7 +65,8 @@ class Checkpoint:
 
 
 def check_resumable(checkpoint: Checkpoint, config: AIRConfig, seeds: Sequence[int]) -> None:
-    """Resuming continues the same run: same seeds, same config, train.steps at most raised."""
+    """Resuming continues the same run: same seeds, same config; only train.steps may
+    change, and not to fewer steps than were trained."""
     if checkpoint.all_seeds != list(seeds):
         raise CheckpointError(f"the checkpoint trains seeds {checkpoint.all_seeds}, "
                               f"not {list(seeds)}")
@@ -74,7 +75,7 @@ def check_resumable(checkpoint: Checkpoint, config: AIRConfig, seeds: Sequence[i
                      and flat[key] != checkpoint.config.get(key))
     if changed:
         raise CheckpointError(f"config keys differ from the checkpoint's: {', '.join(changed)}; "
-                              "a resumed run keeps its config (only train.steps may grow)")
+                              "a resumed run keeps its config (only train.steps may change)")
     if config.train.steps < checkpoint.step:
         raise CheckpointError(f"train.steps ({config.train.steps}) is below the checkpoint's "
                               f"step ({checkpoint.step})")

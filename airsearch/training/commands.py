@@ -36,7 +36,7 @@ Examples:
   python cli.py train --set prior.z_pres.schedule=exponential --set prior.z_pres.initial=0.999999 \\
       --set prior.z_pres.final=1e-7 --set prior.z_pres.duration=100000 --seed 3
   python cli.py train --resume runs/eight-seeds                 # go on after a kill
-  python cli.py train --resume runs/first --steps 5000            # train a finished run longer
+  python cli.py train --resume runs/first --steps 5000            # train a run longer
   python cli.py train --list-keys""")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable); see --list-keys.")
@@ -54,7 +54,7 @@ Examples:
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False,
               path_type=Path), help="Go on with the run in this directory from its last "
               "checkpoint, as if it had never stopped (its own config and seeds; --steps may "
-              "raise train.steps).")
+              "change train.steps, not below the step reached).")
 @click.option("--overwrite", is_flag=True, help="Replace the run that --out already holds "
               "(without it, such a run is kept and nothing is trained).")
 @click.option("--list-keys", is_flag=True, help="Print every config key with default and "
@@ -74,6 +74,7 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
             click.echo(f"{key} = {spec.default!r}   ({spec.allowed()}) {spec.help}")
         return
     from airsearch.training.checkpoint import (
+        CHECKPOINT,
         CheckpointError,
         check_fresh_folder,
         check_resumable,
@@ -113,8 +114,15 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         raise click.UsageError(str(err)) from None
     if overwrite:
         clear_run(out)
-    summary = train_seeds(config, seeds, out_dir=out, device=device, chunk_size=chunk_size,
-                          mnist_dir=mnist_dir, resume=checkpoint)
+    try:
+        summary = train_seeds(config, seeds, out_dir=out, device=device, chunk_size=chunk_size,
+                              mnist_dir=mnist_dir, resume=checkpoint)
+    except KeyboardInterrupt:
+        saved = (out / CHECKPOINT).exists()
+        click.echo(f"\ninterrupted; {out} keeps what was recorded up to the last evaluation"
+                   + (f": go on with `python cli.py train --resume {out}`" if saved else ""),
+                   err=True)
+        raise SystemExit(130) from None
     click.echo(f"data: {summary.data['source']}")
     for result in summary.seeds:
         acc = result.final.get("eval/count_accuracy", float("nan"))
