@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import math
-import shutil
 import tempfile
 import time
 import traceback
@@ -44,6 +43,7 @@ from airsearch.training.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_resumable,
+    clear_run,
     load_checkpoint,
 )
 from airsearch.training.outcomes import converged
@@ -129,7 +129,7 @@ def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
                          ) -> Checkpoint | None:
     """The checkpoint this configuration left in `folder`, if training can go on from it.
 
-    Anything else there (a finished run's record, a checkpoint of another version of the
+    Any other run there (a finished run's record, a checkpoint of another version of the
     study file) is cleared, so that the new run does not append to it.
     """
     if (folder / CHECKPOINT).exists():
@@ -139,9 +139,7 @@ def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
             return checkpoint
         except CheckpointError:
             pass
-    for entry in folder.iterdir():
-        if entry.name != LOCK:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    clear_run(folder)
     return None
 
 

@@ -76,8 +76,6 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
     from airsearch.training.checkpoint import (
         CHECKPOINT,
         CheckpointError,
-        check_fresh_folder,
-        check_resumable,
         clear_run,
         load_checkpoint,
     )
@@ -106,10 +104,6 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         if steps is not None:
             base = {**base, "train.steps": steps}
         config = AIRConfig.from_flat(base)
-        if checkpoint is not None:
-            check_resumable(checkpoint, config, seeds)
-        elif not overwrite:
-            check_fresh_folder(out)
     except (ConfigError, CheckpointError) as err:
         raise click.UsageError(str(err)) from None
     if overwrite:
@@ -117,6 +111,8 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
     try:
         summary = train_seeds(config, seeds, out_dir=out, device=device, chunk_size=chunk_size,
                               mnist_dir=mnist_dir, resume=checkpoint)
+    except CheckpointError as err:  # refused before any training: what to resume, or keep
+        raise click.UsageError(str(err)) from None
     except KeyboardInterrupt:
         saved = (out / CHECKPOINT).exists()
         click.echo(f"\ninterrupted; {out} keeps what was recorded up to the last evaluation"
