@@ -150,12 +150,16 @@ class TrainConfig:
     grad_clip: float = _knob(1000.0, "per-replica gradient-norm clip of the model (0: off); the "
                              "default recipe's norm is ~500 with rare spikes of 10,000+",
                              low=0.0)
-    lr_schedule: str = _knob("constant", "decay of both learning rates (model and baseline, "
-                             "ratio kept): constant, linear or cosine from 1 to train.lr_final",
+    lr_schedule: str = _knob("cosine", "decay of both learning rates (model and baseline, "
+                             "ratio kept) from 1 to train.lr_final between the fractions "
+                             "train.lr_decay_start and train.lr_decay_end of train.steps: "
+                             "constant (no decay), linear or cosine; the decay steadies the "
+                             "end of a run, where a seed is judged",
                              choices=("constant", "linear", "cosine"))
-    lr_hold: int = _knob(0, "training steps at the full learning rates before the decay begins",
-                         low=0)
-    lr_duration: int = _knob(5000, "training steps the learning-rate decay takes", low=1)
+    lr_decay_start: float = _knob(0.6, "fraction of train.steps trained at the full learning "
+                                  "rates before the decay begins", low=0.0, high=1.0)
+    lr_decay_end: float = _knob(1.0, "fraction of train.steps at which the learning rates reach "
+                                "train.lr_final", low=0.0, high=1.0)
     lr_final: float = _knob(0.1, "learning-rate multiplier once the decay is over", low=0.0,
                             high=1.0)
     steps: int = _knob(10000, "training steps", low=0)
@@ -215,6 +219,9 @@ class AIRConfig:
             raise ConfigError(f"estimator.particles ({self.estimator.particles}) must be >= 2 "
                               "with estimator.kind=vimco: its control variate leaves one "
                               "particle out")
+        if self.train.lr_decay_start >= self.train.lr_decay_end:
+            raise ConfigError(f"train.lr_decay_start ({self.train.lr_decay_start}) must be < "
+                              f"train.lr_decay_end ({self.train.lr_decay_end})")
 
 
 @dataclass(frozen=True)

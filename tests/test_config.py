@@ -173,6 +173,11 @@ def test_min_digits_beyond_max_digits():
     assert "data.min_digits" in msg and "data.max_digits" in msg
 
 
+def test_learning_rate_decay_must_start_before_it_ends():
+    msg = _error({"train.lr_decay_start": 0.8, "train.lr_decay_end": 0.8})
+    assert "train.lr_decay_start (0.8) must be < train.lr_decay_end (0.8)" in msg
+
+
 def test_error_is_a_value_error():
     """ConfigError is a ValueError, so callers can catch either."""
     with pytest.raises(ValueError):

@@ -192,7 +192,8 @@ def test_baseline_lr_is_applied():
 def test_learning_rate_decay_keeps_the_baseline_ratio(schedule):
     """Both groups follow one multiplier: full while held, train.lr_final after the decay."""
     config = _config(train__lr=1e-3, train__baseline_lr=1e-2, train__lr_schedule=schedule,
-                     train__lr_hold=10, train__lr_duration=20, train__lr_final=0.25)
+                     train__steps=100, train__lr_decay_start=0.1, train__lr_decay_end=0.3,
+                     train__lr_final=0.25)
     opt = build_optimizer(AIR(config, [0]), config.train)
     seen = {}
     for step in (0, 10, 20, 30, 100):
@@ -205,8 +206,21 @@ def test_learning_rate_decay_keeps_the_baseline_ratio(schedule):
         assert rates["baseline"] == pytest.approx(10 * rates["model"])
 
 
+@pytest.mark.parametrize("steps", [10, 5000, 120000])
+def test_default_decay_spans_the_last_two_fifths_of_any_run(steps):
+    """Fractions of train.steps: a 5,000-step run decays over steps 3,000-5,000 (the measured
+    recipe), a 120,000-step study over its last 48,000, each ending at train.lr_final."""
+    train = _config(train__steps=steps).train
+    assert train.lr_schedule == "cosine"
+    factors = [learning_rate_factor(train, step) for step in range(0, steps + 1, steps // 10)]
+    assert factors[:7] == [1.0] * 7
+    assert 1.0 > factors[7] > factors[8] > factors[9] > factors[10]
+    assert factors[10] == pytest.approx(train.lr_final)
+
+
 def test_constant_learning_rate_ignores_the_decay_fields():
-    config = _config(train__lr_hold=0, train__lr_duration=1, train__lr_final=0.0)
+    config = _config(train__lr_schedule="constant", train__lr_decay_start=0.0,
+                     train__lr_decay_end=0.01, train__lr_final=0.0)
     assert learning_rate_factor(config.train, 10**6) == 1.0
 
 

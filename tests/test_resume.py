@@ -133,6 +133,10 @@ def test_cli_resume_trains_a_finished_run_longer(tmp_path):
     longer = runner.invoke(main, ["train", "--resume", str(out), "--steps", "15"],
                            catch_exceptions=False)
     assert longer.exit_code == 0, longer.output
+    # The decay is a fraction of train.steps: the 10-step run decayed from step 7 on, a
+    # 15-step run holds the full rates up to step 9.
+    assert ("note: with train.steps 15 instead of 10, the learning rates of the steps trained "
+            "differ from step 7 on") in longer.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 15 and summary["status"] == "finished"
     assert [[row["step"] for row in seed["history"]] for seed in summary["seeds"]] == \
@@ -191,11 +195,22 @@ def test_a_configuration_training_twice_at_once_gets_a_second_folder(tmp_path):
 
 def test_a_trial_resumes_only_a_checkpoint_of_its_own_configuration(tmp_path):
     """What cannot be resumed is cleared, so that a fresh run does not append to it."""
+    constant = {**TINY, "train.lr_schedule": "constant"}
+    train_seeds(AIRConfig.from_flat({**constant, "train.steps": 5}), [0], out_dir=tmp_path,
+                progress=False)
+    longer = AIRConfig.from_flat({**constant, "train.steps": 10})
+    assert resumable_checkpoint(tmp_path, longer, (0,)).step == 5
+    assert resumable_checkpoint(tmp_path, AIRConfig.from_flat({**constant, "train.lr": 1e-3}),
+                                (0,)) is None
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_trial_does_not_resume_steps_trained_at_other_learning_rates(tmp_path):
+    """With more steps the decay starts later: steps 3-4 of a 5-step run were trained at
+    rates a 10-step run would not have used, so the configuration trains afresh."""
     train_seeds(AIRConfig.from_flat({**TINY, "train.steps": 5}), [0], out_dir=tmp_path,
                 progress=False)
-    longer = AIRConfig.from_flat({**TINY, "train.steps": 10})
-    assert resumable_checkpoint(tmp_path, longer, (0,)).step == 5
-    assert resumable_checkpoint(tmp_path, AIRConfig.from_flat({**TINY, "train.lr": 1e-3}),
+    assert resumable_checkpoint(tmp_path, AIRConfig.from_flat({**TINY, "train.steps": 10}),
                                 (0,)) is None
     assert not any(tmp_path.iterdir())
 

@@ -45,6 +45,7 @@ from airsearch.training.checkpoint import (
     check_resumable,
     clear_run,
     load_checkpoint,
+    schedule_change,
 )
 from airsearch.training.outcomes import converged
 
@@ -136,7 +137,9 @@ def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
         try:
             checkpoint = load_checkpoint(folder)
             check_resumable(checkpoint, config, seeds)
-            return checkpoint
+            # A study compares configurations: each must train exactly as a fresh run would.
+            if schedule_change(checkpoint, config) is None:
+                return checkpoint
         except CheckpointError:
             pass
     clear_run(folder)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from airsearch.config import AIRConfig
+from airsearch.training.optim import learning_rate_factor
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("summary.json", "metrics.jsonl", CHECKPOINT)  # and a seed_<s>/ folder per seed
@@ -83,6 +84,24 @@ def check_resumable(checkpoint: Checkpoint, config: AIRConfig, seeds: Sequence[i
         raise CheckpointError("this run trained its seeds in several chunks, and the finished "
                               "chunks cannot train on: resume it with its own train.steps "
                               f"({checkpoint.config['train.steps']})")
+
+
+def schedule_change(checkpoint: Checkpoint, config: AIRConfig) -> str | None:
+    """What a new train.steps changes in the learning rates of the steps already trained.
+
+    The decay is set in fractions of train.steps, so a run resumed with more steps may have
+    trained some of its steps at other rates than a run started with them: None if it did not.
+    """
+    before = AIRConfig.from_flat(checkpoint.config).train
+    if before.steps == config.train.steps:
+        return None
+    for step in range(checkpoint.step):
+        old, new = learning_rate_factor(before, step), learning_rate_factor(config.train, step)
+        if old != new:
+            return (f"with train.steps {config.train.steps} instead of {before.steps}, the "
+                    f"learning rates of the steps trained differ from step {step} on "
+                    f"(multiplier {new:.3g} there, trained at {old:.3g})")
+    return None
 
 
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
