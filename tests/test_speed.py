@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
-from airsearch.training.speed import interleaved_seconds, phase_flops
+from airsearch.training.speed import interleaved_seconds, phase_flops, time_steps_side_by_side
 from airsearch.training.trainer import ReplicaStep
 
 TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 32,
@@ -58,3 +58,20 @@ def test_interleaved_timing_reports_every_phase(images):
     assert set(seconds) == {"forward", "backward", "update", "step", "matmul"}
     assert all(s > 0 for s in seconds.values())
     assert seconds["step"] >= seconds["forward"]
+
+
+def test_side_by_side_timing_runs_single_threaded_processes_together(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRSEARCH_CACHE", str(tmp_path))
+    config = AIRConfig.from_flat(TINY)
+    timings = time_steps_side_by_side(config, replicas=1, repeats=2, processes=2)
+    assert [t.threads for t in timings] == [1, 1]
+    for timing in timings:
+        assert timing.seconds["step"] > 0 and timing.matmul_rate > 0
+        assert timing.ratio() == pytest.approx(
+            timing.seconds["step"] * timing.matmul_rate / timing.flops["step"])
+
+
+def test_a_failing_timing_process_raises_instead_of_hanging(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRSEARCH_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="a timing process failed"):
+        time_steps_side_by_side(AIRConfig.from_flat(TINY), replicas=0, repeats=2, processes=2)

@@ -8,14 +8,20 @@ being measured).
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import statistics
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from airsearch.config import AIRConfig
+from airsearch.data import load_datasets
 from airsearch.training.trainer import ReplicaStep
 
 T = TypeVar("T")
@@ -95,3 +101,68 @@ def interleaved_seconds(step: ReplicaStep, matmul: Callable[[], object], repeats
             matmul()
             times["matmul"].append(time.perf_counter() - t0)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+@dataclass
+class StepTiming:
+    """One process's measurement: median seconds and FLOPs per phase, and its matmul speed."""
+
+    threads: int
+    seconds: dict[str, float]  # forward, backward, update, step
+    flops: dict[str, float]
+    matmul_rate: float  # FLOP/s of the square matmul, timed alternately with the steps
+    data_source: str
+
+    def ratio(self, phase: str = "step") -> float:
+        """The phase's time over the time its FLOPs take at the matmul's speed."""
+        return self.seconds[phase] * self.matmul_rate / self.flops[phase]
+
+
+def time_step(config: AIRConfig, replicas: int, repeats: int,
+              start: Callable[[], object] = lambda: None) -> StepTiming:
+    """Count and time training steps of `config` against a square matmul on this process's
+    threads; `start` is called once everything is built, just before the timing."""
+    train, _, info = load_datasets(config.data)
+    step = ReplicaStep(config, list(range(replicas)), torch.from_numpy(train.images))
+    flops = phase_flops(step, 0)
+    flops["step"] = sum(flops.values())
+    matmul, side = square_matmul(flops["step"])
+    start()
+    seconds = interleaved_seconds(step, matmul, repeats)
+    rate = 2 * side ** 3 / seconds.pop("matmul")
+    return StepTiming(torch.get_num_threads(), seconds, flops, rate, info.source)
+
+
+def time_steps_side_by_side(config: AIRConfig, replicas: int, repeats: int,
+                            processes: int) -> list[StepTiming]:
+    """`time_step` in `processes` single-threaded processes at once, timed together.
+
+    How studies use a CPU (trials of one CPU each, side by side): each core trains its own
+    step and is measured against its own matmul, under the load of the others.
+    """
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_single_threaded, args=(config, replicas, repeats,
+                                                               barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    timings: list[StepTiming] = []
+    while len(timings) < processes:
+        try:
+            timings.append(results.get(timeout=1.0))
+        except queue.Empty:
+            if any(worker.exitcode not in (None, 0) for worker in workers):
+                for worker in workers:  # the others wait at the barrier for it
+                    worker.terminate()
+                raise RuntimeError("a timing process failed (its error is printed above)") from None
+    for worker in workers:
+        worker.join()
+    return timings
+
+
+def _single_threaded(config: AIRConfig, replicas: int, repeats: int, barrier: object,
+                     results: multiprocessing.Queue) -> None:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", "full MNIST not found")  # the parent reports the source
+    results.put(time_step(config, replicas, repeats, start=barrier.wait))
