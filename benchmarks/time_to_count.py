@@ -2,7 +2,8 @@
 
 Trains the default recipe on each seed alone (the whole machine for one model, as a user
 training one AIR would), evaluating every --eval-every steps; evaluation time is included
-in the wall time. Target on a 2-core CPU: the median seed within 5 minutes.
+in the wall time. Target on a 2-core CPU: the median seed within 5 minutes. --max-steps is
+the run's train.steps, so it also places the learning-rate decay (its last 40% by default).
 
     python benchmarks/time_to_count.py [--seeds 0,1,2] [--max-steps 10000] [--set k=v ...]
 """
