@@ -3,7 +3,8 @@
 The yardstick is a square float32 matmul: the fastest work a device does, so a step's time
 over the time of a matmul with the step's FLOPs says how much of the step is overhead.
 FLOPs are counted by torch's FlopCounterMode (matmuls only: elementwise work is the overhead
-being measured).
+being measured). A CPU is measured two ways: all its threads on one step, and one
+single-threaded step per core side by side, each against a single-threaded matmul.
 """
 
 from __future__ import annotations
