@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from airsearch.config import AIRConfig
 from airsearch.stats import wilson
 from airsearch.training import outcomes
+from airsearch.training.optim import learning_rate_factor
 from cli import main
 
 TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,
@@ -75,9 +76,14 @@ def test_metrics_jsonl(trained):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 4
     assert sorted((d["step"], d["seed"]) for d in lines) == [(10, 0), (10, 1), (20, 0), (20, 1)]
+    train = AIRConfig.from_flat(json.loads((out / "summary.json").read_text())["config"]).train
     for d in lines:
         assert 0.0 <= d["eval/count_accuracy"] <= 1.0
         assert "eval/elbo" in d and "train/elbo" in d
+        assert d["train/lr_multiplier"] == learning_rate_factor(train, d["step"] - 1)
+    # 20 steps: full rates up to step 12, then the cosine decay towards train.lr_final
+    assert {d["step"]: d["train/lr_multiplier"] for d in lines}[10] == 1.0
+    assert train.lr_final < {d["step"]: d["train/lr_multiplier"] for d in lines}[20] < 0.2
 
 
 def test_checkpoint(trained):

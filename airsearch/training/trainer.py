@@ -48,6 +48,7 @@ from airsearch.training.optim import (
     ReplicaGuard,
     build_optimizer,
     describe_groups,
+    learning_rate_factor,
     set_learning_rates,
 )
 
@@ -297,6 +298,8 @@ def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> l
                 metrics = {"seed": seed, **last_eval.metrics(r), **located.metrics(r),
                            **(grad_var.metrics(r) if grad_var is not None else {}),
                            "train/elbo": float(elbo_sum[r] / elbo_steps),
+                           # the multiplier of the last step trained: the decay beside the curves
+                           "train/lr_multiplier": learning_rate_factor(tc, step - 1),
                            "diverged": float(progress.diverged_at[r] is not None)}
                 per_seed.append(metrics)
                 progress.histories[r].append({"step": step, "wall_s": wall, **metrics})
