@@ -78,7 +78,6 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         CheckpointError,
         clear_run,
         load_checkpoint,
-        schedule_change,
     )
     from airsearch.training.trainer import train_seeds
 
@@ -107,10 +106,6 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         config = AIRConfig.from_flat(base)
     except (ConfigError, CheckpointError) as err:
         raise click.UsageError(str(err)) from None
-    change = schedule_change(checkpoint, config) if checkpoint is not None else None
-    if change:
-        click.echo(f"note: {change}; the run goes on at the rates of a "
-                   f"{config.train.steps}-step run", err=True)
     if overwrite:
         clear_run(out)
     try:

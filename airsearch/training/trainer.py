@@ -39,6 +39,7 @@ from airsearch.training.checkpoint import (
     check_fresh_folder,
     check_resumable,
     save_checkpoint,
+    schedule_change,
     trim_metrics,
 )
 from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
@@ -120,6 +121,10 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
         raise CheckpointError(f"the run trained on {resume.data['source']}, this machine "
                               f"offers {data_info.source}: point --mnist-dir at the same "
                               "digits to resume it")
+    change = schedule_change(resume, config) if resume is not None else None
+    if change and progress:  # accepted, but not the run a fresh start would train
+        tqdm.write(f"note: {change}; the run goes on at the rates of a "
+                   f"{config.train.steps}-step run")
     torch_device = torch.device(device)
     out = Path(out_dir) if out_dir is not None else None
     run = _Run(config, seeds, train, heldout, torch_device, out, on_eval, progress, start,
@@ -293,13 +298,13 @@ def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> l
                                              z_pres_prior_logit(config.prior.z_pres, step),
                                              step, seeds, GRAD_VAR_SAMPLES)
             wall = time.perf_counter() - run.start
+            lr_multiplier = learning_rate_factor(tc, step - 1)  # of the last step trained
             per_seed = []
             for r, seed in enumerate(seeds):
                 metrics = {"seed": seed, **last_eval.metrics(r), **located.metrics(r),
                            **(grad_var.metrics(r) if grad_var is not None else {}),
                            "train/elbo": float(elbo_sum[r] / elbo_steps),
-                           # the multiplier of the last step trained: the decay beside the curves
-                           "train/lr_multiplier": learning_rate_factor(tc, step - 1),
+                           "train/lr_multiplier": lr_multiplier,
                            "diverged": float(progress.diverged_at[r] is not None)}
                 per_seed.append(metrics)
                 progress.histories[r].append({"step": step, "wall_s": wall, **metrics})
