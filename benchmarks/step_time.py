@@ -10,7 +10,9 @@ Two ways a CPU trains, both measured:
   (forward, backward, update = guard and optimiser), each timed and counted on its own;
 - one single-threaded step per core, side by side (how studies run trials of one CPU each):
   each process times its step against a single-threaded matmul under the same load.
-Steps and matmuls are timed alternately (airsearch.training.speed).
+Steps and matmuls are timed alternately (airsearch.training.speed), and so is a replay of the
+step's own matmuls alone (row "matmuls"): what the step's shapes cost against the square
+matmul, and, subtracted from the step, what all its other work costs.
 
     python benchmarks/step_time.py [--set key=value ...] [--replicas R] [--repeats N]
                                    [--side-by-side P]
@@ -51,15 +53,21 @@ def main(assignments: tuple[str, ...], replicas: int, repeats: int, processes: i
         print(f"{name:<9} {s * 1e3:9.1f} {flops / 1e9:7.3f} {flops / rate * 1e3:8.1f} {ratio}")
     print(f"ratio step / floor, {whole.threads} threads on one step: {whole.ratio():.2f}x "
           f"(target <= 2x; median of {repeats} steps, each phase's median on its own row)")
+    rest = whole.seconds["step"] - whole.seconds["matmuls"]
+    print(f"the step's matmuls alone, at its shapes: {whole.ratio('matmuls'):.2f}x the floor; "
+          f"all its other work: {rest * 1e3:.1f} ms = {rest * rate / whole.flops['step']:.2f}x "
+          "the floor")
     if processes < 1:
         return
     apart = time_steps_side_by_side(config, replicas, repeats, processes)
     print(f"\n{processes} single-threaded steps side by side, each against a single-threaded "
           "matmul under the same load")
-    print(f"{'process':<9} {'step ms':>9} {'GFLOP/s':>8} {'floor ms':>8} {'ratio':>6}")
+    print(f"{'process':<9} {'step ms':>9} {'GFLOP/s':>8} {'floor ms':>8} {'ratio':>6} "
+          f"{'matmuls alone':>13}")
     for i, timing in enumerate(apart):
         print(f"{i:<9} {timing.seconds['step'] * 1e3:9.1f} {timing.matmul_rate / 1e9:8.1f} "
-              f"{timing.flops['step'] / timing.matmul_rate * 1e3:8.1f} {timing.ratio():5.2f}x")
+              f"{timing.flops['step'] / timing.matmul_rate * 1e3:8.1f} {timing.ratio():5.2f}x "
+              f"{timing.ratio('matmuls'):12.2f}x")
     per_step = statistics.median(t.seconds["step"] for t in apart) / processes
     print(f"ratio step / floor, one thread per step: "
           f"{statistics.median(t.ratio() for t in apart):.2f}x (target <= 2x; median over "

@@ -10,7 +10,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
-from airsearch.training.speed import interleaved_seconds, phase_flops, time_steps_side_by_side
+from airsearch.training.speed import (
+    TensorShape,
+    interleaved_seconds,
+    phase_flops,
+    step_matmuls,
+    time_steps_side_by_side,
+)
 from airsearch.training.trainer import ReplicaStep
 
 TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 32,
@@ -51,9 +57,30 @@ def test_phase_flops_add_up_to_the_step(images):
     assert sum(phases.values()) == whole.get_total_flops()
 
 
+def test_the_replayed_matmuls_are_every_matmul_of_the_step(images):
+    """The replay does the step's matmul work, no more and no less, at the step's layouts."""
+    config = AIRConfig.from_flat(TINY)
+    step = ReplicaStep(config, [0, 1], images)
+    step_flops = sum(phase_flops(step, 0).values())
+    replay = step_matmuls(step, 0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        replay()
+    assert counter.get_total_flops() == step_flops
+
+
+def test_the_replay_keeps_transposed_and_expanded_operands():
+    weight = torch.randn(2, 8, 4).transpose(1, 2)
+    bias = torch.randn(1, 1, 4).expand(2, 3, 4)
+    for tensor in (weight, bias):
+        layout = TensorShape(tuple(tensor.shape), tensor.stride())
+        copy = layout.random(torch.device("cpu"))
+        assert copy.shape == tensor.shape and copy.stride() == tensor.stride()
+
+
 def test_interleaved_timing_reports_every_phase(images):
     step = ReplicaStep(AIRConfig.from_flat(TINY), [0], images)
-    seconds = interleaved_seconds(step, lambda: torch.ones(64, 64) @ torch.ones(64, 64),
+    seconds = interleaved_seconds(step, {"matmul": lambda: torch.ones(64, 64) @ torch.ones(64, 64)},
                                   repeats=4, block=2, warmup=1)
     assert set(seconds) == {"forward", "backward", "update", "step", "matmul"}
     assert all(s > 0 for s in seconds.values())

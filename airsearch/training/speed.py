@@ -5,6 +5,8 @@ over the time of a matmul with the step's FLOPs says how much of the step is ove
 FLOPs are counted by torch's FlopCounterMode (matmuls only: elementwise work is the overhead
 being measured). A CPU is measured two ways: all its threads on one step, and one
 single-threaded step per core side by side, each against a single-threaded matmul.
+The step's own matmuls, recorded and replayed alone at their shapes, split the gap: what the
+shapes cost against the square matmul, and what everything else in the step costs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from airsearch.config import AIRConfig
@@ -54,6 +57,60 @@ def matmul_floor(flops: float, repeats: int, device: str = "cpu") -> tuple[float
     return median_seconds(matmul, repeats) * flops / (2 * side ** 3), side
 
 
+@dataclass(frozen=True)
+class TensorShape:
+    """A matmul operand as the kernel sees it: shape and strides (a transpose stays one)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def random(self, device: torch.device) -> torch.Tensor:
+        # Over a storage of the span the strides reach, so expanded operands stay expanded.
+        span = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True) if n)
+        return torch.randn(span, device=device).as_strided(self.shape, self.stride)
+
+
+_MATMULS = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm,
+            torch.ops.aten.baddbmm}
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matmul torch runs (forward and backward) with its operands' layouts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch._ops.OpOverload, tuple[object, ...]]] = []
+        self.device = torch.device("cpu")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func.overloadpacket in _MATMULS:
+            if kwargs:
+                raise ValueError(f"{func} with keyword arguments is not replayed: {kwargs}")
+            self.calls.append((func, tuple(
+                TensorShape(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
+                for a in args)))
+            self.device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+def step_matmuls(step: ReplicaStep, index: int) -> Callable[[], None]:
+    """Train step `index` once, recording its matmuls; returns a function that runs them alone.
+
+    The replay gets fresh random operands of the recorded shapes and strides, made once: it
+    times the step's matmul work at the step's own shapes, with nothing else in between.
+    """
+    recorder = MatmulRecorder()
+    with recorder:
+        step(index)
+    calls = [(func, tuple(a.random(recorder.device) if isinstance(a, TensorShape) else a
+                          for a in args)) for func, args in recorder.calls]
+
+    def replay() -> None:
+        for func, args in calls:
+            func(*args)
+    return replay
+
+
 def phase_flops(step: ReplicaStep, index: int) -> dict[str, float]:
     """FLOPs of each phase of training step `index`, counted by torch."""
     def counted(phase: Callable[[], T]) -> tuple[T, float]:
@@ -69,19 +126,20 @@ def phase_flops(step: ReplicaStep, index: int) -> dict[str, float]:
     return {"forward": forward, "backward": backward, "update": update}
 
 
-def interleaved_seconds(step: ReplicaStep, matmul: Callable[[], object], repeats: int,
-                        block: int = 5, warmup: int = 3) -> dict[str, float]:
-    """Median seconds of each phase, of the whole step and of `matmul`, over `repeats` each.
+def interleaved_seconds(step: ReplicaStep, references: dict[str, Callable[[], object]],
+                        repeats: int, block: int = 5, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each phase, of the whole step and of each reference, `repeats` each.
 
-    Steps and matmuls alternate in blocks, so both see the same machine: a shared CPU's
-    speed drifts by tens of percent within minutes, which would skew a ratio of two
-    figures measured one after the other.
+    Steps and references (the square matmul, the step's matmuls alone) alternate in blocks,
+    so all see the same machine: a shared CPU's speed drifts by tens of percent within
+    minutes, which would skew a ratio of two figures measured one after the other.
     """
     times: dict[str, list[float]] = {"forward": [], "backward": [], "update": [], "step": [],
-                                     "matmul": []}
+                                     **{name: [] for name in references}}
     for _ in range(warmup):
         step(0)
-        matmul()
+        for reference in references.values():
+            reference()
     index = 1
     while len(times["step"]) < repeats:
         for _ in range(block):
@@ -97,10 +155,11 @@ def interleaved_seconds(step: ReplicaStep, matmul: Callable[[], object], repeats
                                      (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 times[name].append(seconds)
             index += 1
-        for _ in range(block):
-            t0 = time.perf_counter()
-            matmul()
-            times["matmul"].append(time.perf_counter() - t0)
+        for name, reference in references.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                reference()
+                times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -109,7 +168,7 @@ class StepTiming:
     """One process's measurement: median seconds and FLOPs per phase, and its matmul speed."""
 
     threads: int
-    seconds: dict[str, float]  # forward, backward, update, step
+    seconds: dict[str, float]  # forward, backward, update, step, matmuls (the step's, alone)
     flops: dict[str, float]
     matmul_rate: float  # FLOP/s of the square matmul, timed alternately with the steps
     data_source: str
@@ -126,10 +185,11 @@ def time_step(config: AIRConfig, replicas: int, repeats: int,
     train, _, info = load_datasets(config.data)
     step = ReplicaStep(config, list(range(replicas)), torch.from_numpy(train.images))
     flops = phase_flops(step, 0)
-    flops["step"] = sum(flops.values())
+    flops["step"] = flops["matmuls"] = sum(flops.values())
     matmul, side = square_matmul(flops["step"])
+    matmuls = step_matmuls(step, 0)
     start()
-    seconds = interleaved_seconds(step, matmul, repeats)
+    seconds = interleaved_seconds(step, {"matmul": matmul, "matmuls": matmuls}, repeats)
     rate = 2 * side ** 3 / seconds.pop("matmul")
     return StepTiming(torch.get_num_threads(), seconds, flops, rate, info.source)
 
