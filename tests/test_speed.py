@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
 from airsearch.training.speed import (
-    TensorShape,
+    TensorLayout,
     interleaved_seconds,
     phase_flops,
     step_matmuls,
@@ -73,8 +73,7 @@ def test_the_replay_keeps_transposed_and_expanded_operands():
     weight = torch.randn(2, 8, 4).transpose(1, 2)
     bias = torch.randn(1, 1, 4).expand(2, 3, 4)
     for tensor in (weight, bias):
-        layout = TensorShape(tuple(tensor.shape), tensor.stride())
-        copy = layout.random(torch.device("cpu"))
+        copy = TensorLayout(tuple(tensor.shape), tensor.stride(), tensor.device).random()
         assert copy.shape == tensor.shape and copy.stride() == tensor.stride()
 
 

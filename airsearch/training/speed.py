@@ -58,16 +58,17 @@ def matmul_floor(flops: float, repeats: int, device: str = "cpu") -> tuple[float
 
 
 @dataclass(frozen=True)
-class TensorShape:
-    """A matmul operand as the kernel sees it: shape and strides (a transpose stays one)."""
+class TensorLayout:
+    """A matmul operand as the kernel sees it: shape, strides (a transpose stays one), device."""
 
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    device: torch.device
 
-    def random(self, device: torch.device) -> torch.Tensor:
+    def random(self) -> torch.Tensor:
         # Over a storage of the span the strides reach, so expanded operands stay expanded.
         span = 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True) if n)
-        return torch.randn(span, device=device).as_strided(self.shape, self.stride)
+        return torch.randn(span, device=self.device).as_strided(self.shape, self.stride)
 
 
 _MATMULS = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm,
@@ -80,30 +81,30 @@ class MatmulRecorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[torch._ops.OpOverload, tuple[object, ...]]] = []
-        self.device = torch.device("cpu")
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func: torch._ops.OpOverload, types: tuple[type, ...],
+                           args: tuple[object, ...] = (),
+                           kwargs: dict[str, object] | None = None) -> object:
         if func.overloadpacket in _MATMULS:
             if kwargs:
                 raise ValueError(f"{func} with keyword arguments is not replayed: {kwargs}")
             self.calls.append((func, tuple(
-                TensorShape(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
-                for a in args)))
-            self.device = next(a.device for a in args if isinstance(a, torch.Tensor))
+                TensorLayout(tuple(a.shape), a.stride(), a.device)
+                if isinstance(a, torch.Tensor) else a for a in args)))
         return func(*args, **(kwargs or {}))
 
 
 def step_matmuls(step: ReplicaStep, index: int) -> Callable[[], None]:
     """Train step `index` once, recording its matmuls; returns a function that runs them alone.
 
-    The replay gets fresh random operands of the recorded shapes and strides, made once: it
-    times the step's matmul work at the step's own shapes, with nothing else in between.
+    The replay gets fresh random operands of the recorded layouts, made once: it times the
+    step's matmul work at the step's own shapes, with nothing else in between.
     """
     recorder = MatmulRecorder()
     with recorder:
         step(index)
-    calls = [(func, tuple(a.random(recorder.device) if isinstance(a, TensorShape) else a
-                          for a in args)) for func, args in recorder.calls]
+    calls = [(func, tuple(a.random() if isinstance(a, TensorLayout) else a for a in args))
+             for func, args in recorder.calls]
 
     def replay() -> None:
         for func, args in calls:
