@@ -206,15 +206,21 @@ def _images(n: int = 64, size: int = 24) -> torch.Tensor:
      "estimator.reinforce_warmup": 2},
     {"estimator.kind": "vimco", "estimator.particles": 3},
     {"estimator.kind": "relaxed", "estimator.temperature_duration": 2},
+    {"model.residual_input": False, "estimator.baseline_input": "image_and_z"},
 ])
 def test_training_steps_are_finite(overrides):
-    """A few real optimisation steps of two replicas with each estimator."""
+    """A few real optimisation steps of two replicas with each estimator.
+
+    Every parameter gets a gradient at every step: the step drops gradients instead of
+    zeroing them, which trains the same only because none is ever left out of a backward.
+    """
     config = AIRConfig.from_flat({**TINY, **overrides})
     trainer = ReplicaStep(config, [0, 1], _images())
     before = [p.detach().clone() for p in trainer.model.presence_head.parameters()]
     for step in range(3):
         elbo, diverged = trainer(step)
         assert torch.all(torch.isfinite(elbo)) and not diverged.any()
+        assert all(p.grad is not None for p in trainer.model.parameters())
     after = list(trainer.model.presence_head.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
