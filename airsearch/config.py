@@ -14,6 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# The paper's multi-MNIST, for which the default inverse-scale prior (3 +- 0.2) was chosen.
+REFERENCE_DIGIT_SIZE = 21.0
+REFERENCE_CANVAS_SIZE = 50
+
 
 class ConfigError(ValueError):
     """A config key or value is not allowed; the message names the key and the allowed values."""
@@ -80,6 +84,12 @@ class ZPresPrior:
 @dataclass
 class PriorConfig:
     z_pres: ZPresPrior = field(default_factory=ZPresPrior)
+    where_scale_rule: str = _knob("fixed", "fixed: the inverse-scale prior is "
+                                  "prior.where_scale_loc +- prior.where_scale_sd as given; "
+                                  "digit_size: both are multiplied by (21 / data.digit_size) "
+                                  "x (data.canvas_size / 50), so the prior window frames the "
+                                  "digit as 3 +- 0.2 frames a 21 px digit on a 50 px canvas",
+                                  choices=("fixed", "digit_size"))
     where_scale_loc: float = _knob(3.0, "prior mean of the inverse scale (3: the window is a third "
                                    "of the canvas)",
                                    low=0.0, high=100.0, low_open=True)
@@ -186,6 +196,15 @@ class AIRConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def where_scale_prior(self) -> tuple[float, float]:
+        """Mean and sd of the inverse-scale prior, after prior.where_scale_rule."""
+        p = self.prior
+        if p.where_scale_rule == "fixed":
+            return p.where_scale_loc, p.where_scale_sd
+        factor = (REFERENCE_DIGIT_SIZE / self.data.digit_size) * (
+            self.data.canvas_size / REFERENCE_CANVAS_SIZE)
+        return p.where_scale_loc * factor, p.where_scale_sd * factor
 
     def to_flat(self) -> dict[str, Any]:
         """All knobs as {dotted key: value}."""

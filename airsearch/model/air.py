@@ -133,9 +133,10 @@ class AIR(nn.Module):
         self.register_buffer("signal_var", torch.ones(R))
         self.register_buffer("signal_seen", torch.zeros(R, dtype=torch.bool))
         p = config.prior
-        self.register_buffer("where_prior_loc", torch.tensor([p.where_scale_loc, 0.0, 0.0]))
+        scale_loc, scale_sd = config.where_scale_prior()
+        self.register_buffer("where_prior_loc", torch.tensor([scale_loc, 0.0, 0.0]))
         self.register_buffer("where_prior_sd",
-                             torch.tensor([p.where_scale_sd, p.where_shift_sd, p.where_shift_sd]))
+                             torch.tensor([scale_sd, p.where_shift_sd, p.where_shift_sd]))
         self._init_weights([torch.Generator().manual_seed(s) for s in seeds])
 
     # ----------------------------------------------------------------------------- init

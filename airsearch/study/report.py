@@ -19,12 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen first
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from airsearch.stats import wilson  # noqa: E402
+from airsearch.stats import ALPHA, Comparison, Rate, can_tell, compare, wilson  # noqa: E402
 from airsearch.study.tracking import (  # noqa: E402
     ALL_OUTCOMES,
     COMPLETE,
     CONFIG_ID,
     KIND,
+    REFERENCE,
     STUDY,
     VARIED,
 )
@@ -52,6 +53,7 @@ class ConfigRow:
     mean_steps_to_converge: float | None
     mean_seconds_to_converge: float | None
     error: str
+    vs_reference: Comparison | None = None  # this rate minus the reference's; None for itself
 
 
 @dataclass
@@ -63,10 +65,30 @@ class StudyReport:
     storage: str
     rows: list[ConfigRow]  # best first
     running: int
+    reference: str = ""  # config id of the reference ('' when the study has none)
 
     @property
     def best(self) -> ConfigRow | None:
         return self.rows[0] if self.rows else None
+
+    @property
+    def reference_row(self) -> ConfigRow | None:
+        return next((r for r in self.rows if r.config_id == self.reference), None)
+
+    def verdict(self) -> str:
+        """One line on what the tests against the reference can say."""
+        ref = self.reference_row
+        if ref is None:
+            return ("no reference configuration complete: nothing tested" if self.reference
+                    else "no reference configuration named: nothing tested")
+        others = [r for r in self.rows if r is not ref]
+        if others and not any(can_tell(r.n, ref.n) for r in others):
+            return (f"too small to tell: with {ref.n} reference seeds even all vs none "
+                    f"cannot reach p < {ALPHA}")
+        found = [r.config_id for r in others
+                 if r.vs_reference and r.vs_reference.verdict in ("better", "worse")]
+        return (f"differs from the reference at p < {ALPHA} (Fisher): {', '.join(found)}"
+                if found else f"no configuration differs from the reference at p < {ALPHA}")
 
 
 def experiment_of(client: MlflowClient, name: str) -> Any:
@@ -90,11 +112,18 @@ def load_report(tracking_uri: str, name: str) -> StudyReport:
     rows = [_row(run) for run in runs if run.data.tags.get(COMPLETE) == "1"]
     rows.sort(key=lambda r: (-r.objective, r.config_id))
     tags = experiment.tags
+    reference = tags.get(REFERENCE, "")
+    ref = next((r for r in rows if r.config_id == reference), None)
+    if ref is not None:
+        for row in rows:
+            if row is not ref:
+                row.vs_reference = compare(Rate(row.k, row.n, row.low, row.high),
+                                           Rate(ref.k, ref.n, ref.low, ref.high))
     return StudyReport(name=name, mode=tags.get("airsearch.mode", "?"),
                        varied=[k for k in tags.get(VARIED, "").split(",") if k],
                        expected=int(tags.get("airsearch.trial_count", 0)),
                        storage=tags.get("airsearch.storage", ""), rows=rows,
-                       running=len(runs) - len(rows))
+                       running=len(runs) - len(rows), reference=reference)
 
 
 def _row(run: Any) -> ConfigRow:
@@ -122,6 +151,13 @@ def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
         "outcomes": " ".join(f"{o}:{c}" for o, c in row.outcomes.items()),
         "steps_to_converge": "-" if steps is None else f"{steps:.0f}",
         "seconds_to_converge": "-" if secs is None else f"{secs:.1f}"})
+    if report.reference:
+        c = row.vs_reference
+        cells.update({"vs_reference": "reference" if row.config_id == report.reference
+                      else "-" if c is None else f"{c.difference:+.2f}",
+                      "newcombe95": "-" if c is None else f"[{c.low:+.2f}, {c.high:+.2f}]",
+                      "fisher_p": "-" if c is None else f"{c.p_value:.3g}",
+                      "verdict": "-" if c is None else c.verdict})
     if row.error:
         cells["outcomes"] += f" ({row.error[:60]})"
     return cells
@@ -137,6 +173,8 @@ def render(report: StudyReport, fmt: str) -> str:
         return json.dumps({"study": report.name, "mode": report.mode, "varied": report.varied,
                            "expected_configurations": report.expected,
                            "best": report.best.config_id if report.best else None,
+                           "reference": report.reference or None,
+                           "verdict": report.verdict(),
                            "configurations": [asdict(r) for r in report.rows]}, indent=2)
     table = [_cells(report, row) for row in report.rows]
     header = list(table[0]) if table else ["config", "converged"]
@@ -159,7 +197,9 @@ def render(report: StudyReport, fmt: str) -> str:
     footer = (f"best: {best.config_id} {best.k}/{best.n} [{best.low:.2f}, {best.high:.2f}] "
               f"(ranked by rate, ties by mean held-out count accuracy)" if best else "no "
               "complete configuration yet")
-    return "\n".join([title, "", *lines, "", footer])
+    tests = (f"reference: {report.reference}; vs_reference = rate minus the reference's, "
+             f"Newcombe 95% interval, Fisher exact p\n{report.verdict()}")
+    return "\n".join([title, "", *lines, "", footer, tests])
 
 
 def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:

@@ -13,12 +13,22 @@ Schema (every AIR knob is a dotted key of `airsearch.config.AIRConfig`):
     training: {steps: 2000, eval_every: 250}
     convergence: {threshold: 0.95, hold: 1}
     objective: {tie_break: eval/count_accuracy}   # or none
+    reference: {prior.z_pres.schedule: constant}  # the configuration the others are tested
+                                     # against; default: the first grid point (optuna: the
+                                     # first of points_to_evaluate)
     search:
       mode: grid                     # grid: every combination of listed values
       space:
         prior.z_pres.schedule: [constant, exponential]
         prior.z_pres.final: {values: [1.0e-5, 1.0e-10],
                              when: {prior.z_pres.schedule: [linear, exponential]}}
+    # or, one configuration per entry (e.g. change one knob at a time from a reference):
+    search:
+      mode: grid
+      configurations:
+        - {}                         # the fixed config alone
+        - {model.likelihood_sd: 0.15}
+        - {estimator.reinforce_warmup: 500, prior.z_pres.initial: 0.5}
     # or
     search:
       mode: optuna
@@ -45,6 +55,7 @@ rate for up to MAX_SEEDS seeds, so it never overturns a difference in k.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -67,7 +78,7 @@ MAX_SEEDS = 999
 OWNED_KEYS = {"train.steps": "training.steps", "train.eval_every": "training.eval_every",
               "eval.threshold": "convergence.threshold", "eval.hold": "convergence.hold"}
 TOP_LEVEL = ("name", "config", "seeds", "training", "convergence", "objective", "search",
-             "resources", "max_concurrent", "storage")
+             "reference", "resources", "max_concurrent", "storage")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -121,10 +132,12 @@ class StudySpec:
     sampler_seed: int = 0
     budget: int = 0
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    listed: tuple[dict[str, Any], ...] = ()  # grid mode's explicit `configurations`
     cpus: float = 1.0
     gpus: float = 0.0
     max_concurrent: int = 1
     storage: str = ""
+    reference: dict[str, Any] | None = None
     question: str = field(default="", compare=False)
 
     def base_flat(self) -> dict[str, Any]:
@@ -137,8 +150,13 @@ class StudySpec:
         return AIRConfig.from_flat({**self.base_flat(), **overrides})
 
     def configurations(self) -> list[dict[str, Any]]:
-        """Grid mode: every distinct combination of the listed values, inactive keys dropped."""
+        """Grid mode: the listed configurations, or else every distinct combination of the
+        space's values with inactive keys dropped."""
         found: dict[str, dict[str, Any]] = {}
+        for listed in self.listed:
+            found.setdefault(config_id(listed), dict(listed))
+        if self.listed:
+            return list(found.values())
         for combo in itertools.product(*(dim.values for dim in self.space)):
             chosen: dict[str, Any] = {}
             for dim, value in zip(self.space, combo, strict=True):
@@ -146,6 +164,11 @@ class StudySpec:
                     chosen[dim.key] = value
             found.setdefault(config_id(chosen), chosen)
         return list(found.values())
+
+    @property
+    def reference_id(self) -> str:
+        """Config id of the configuration every other one is compared with ('' if none)."""
+        return config_id(self.reference) if self.reference is not None else ""
 
     @property
     def varied(self) -> tuple[str, ...]:
@@ -204,12 +227,20 @@ def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
     if tie_break not in TIE_BREAKS:
         v.fail("objective.tie_break", f"{tie_break!r} is not allowed; allowed: one of "
                + ", ".join(TIE_BREAKS))
-    search = v.mapping(doc.get("search"), "search",
-                       ("mode", "space", "sampler", "seed", "budget", "points_to_evaluate"))
+    search = v.mapping(doc.get("search"), "search", ("mode", "space", "configurations",
+                                                     "sampler", "seed", "budget",
+                                                     "points_to_evaluate"))
     mode = search.get("mode")
     if mode not in MODES:
         v.fail("search.mode", f"{mode!r} is not allowed; allowed: one of {', '.join(MODES)}")
-    space = v.space(search.get("space"), mode, fixed)
+    listed: tuple[dict[str, Any], ...] = ()
+    if "configurations" in search:
+        if mode != "grid" or "space" in search:
+            v.fail("search.configurations", "only in grid mode, instead of search.space")
+        listed = v.listed(search["configurations"], fixed)
+        space = _listed_space(listed)
+    else:
+        space = v.space(search.get("space"), mode, fixed)
     resources = v.mapping(doc.get("resources", {}), "resources", ("cpus", "gpus"))
     cpus = v.number(resources.get("cpus", 1), "resources.cpus", low=0.0, low_open=True)
     gpus = v.number(resources.get("gpus", 0), "resources.gpus", low=0.0)
@@ -245,9 +276,9 @@ def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
                      mode=mode, space=space, cpus=cpus, gpus=gpus,
                      max_concurrent=max_concurrent, storage=str(Path(storage).expanduser()
                                                                 .resolve()),
-                     question=question, **extra)
+                     listed=listed, question=question, **extra)
     v.whole_configs(spec)
-    return spec
+    return dataclasses.replace(spec, reference=v.reference(doc.get("reference"), spec))
 
 
 class _Validator:
@@ -315,6 +346,31 @@ class _Validator:
             self.fail("seeds", f"{len(seeds)} seeds; allowed: at most {MAX_SEEDS} (the "
                       "objective's tie-break weight assumes it)")
         return seeds
+
+    def listed(self, raw: Any, fixed: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        if not isinstance(raw, list) or not raw:
+            self.fail("search.configurations", "expected a non-empty list of {key: value} "
+                      "mappings ({} is the fixed config alone)")
+        out = []
+        for i, entry in enumerate(raw):
+            where = f"search.configurations[{i}]"
+            if not isinstance(entry, dict):
+                self.fail(where, f"expected a mapping of AIR config keys to values, got "
+                          f"{entry!r}")
+            chosen = {}
+            for key, value in entry.items():
+                if key not in self.specs:
+                    self.fail(f"{where}.{key}", "unknown AIR config key; allowed: "
+                              + ", ".join(self.specs))
+                if key in OWNED_KEYS:
+                    self.fail(f"{where}.{key}", f"not searchable here; set it as "
+                              f"{OWNED_KEYS[key]}")
+                if key in fixed:
+                    self.fail(f"{where}.{key}", "also set in config; a key is either fixed "
+                              "or varied")
+                chosen[key] = self.knob(key, value, f"{where}.{key}")
+            out.append(chosen)
+        return tuple(out)
 
     def space(self, raw: Any, mode: str, fixed: dict[str, Any]) -> tuple[Dimension, ...]:
         if not isinstance(raw, dict) or not raw:
@@ -427,6 +483,21 @@ class _Validator:
             points.append(checked)
         return tuple(points)
 
+    def reference(self, raw: Any, spec: StudySpec) -> dict[str, Any] | None:
+        """The named reference configuration, checked to be one the study trains."""
+        known = (spec.configurations() if spec.mode == "grid"
+                 else list(spec.points_to_evaluate))
+        if raw is None:
+            return known[0] if known else None
+        point = self.mapping(raw, "reference", spec.varied)
+        chosen = {key: self.knob(key, value, f"reference.{key}") for key, value in point.items()}
+        if config_id(chosen) not in {config_id(c) for c in known}:
+            where = "the grid" if spec.mode == "grid" else "search.points_to_evaluate"
+            shown = "; ".join(json.dumps(c, default=str) for c in known[:6])
+            self.fail("reference", f"{json.dumps(chosen, default=str)} is not a configuration "
+                      f"of {where}; allowed: {shown}{' ...' if len(known) > 6 else ''}")
+        return chosen
+
     def whole_configs(self, spec: StudySpec) -> None:
         """Cross-key rules (e.g. max_digits <= max_steps) on every configuration we can list."""
         try:
@@ -444,6 +515,16 @@ class _Validator:
                 spec.config_for(overrides)
             except ConfigError as exc:
                 self.fail("search.space", f"configuration {overrides} is invalid: {exc}")
+
+
+def _listed_space(listed: tuple[dict[str, Any], ...]) -> tuple[Dimension, ...]:
+    """The keys the listed configurations vary, each with the values it takes."""
+    values: dict[str, list[Any]] = {}
+    for entry in listed:
+        for key, value in entry.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return tuple(Dimension(key, values=tuple(v)) for key, v in values.items())
 
 
 def _header(path: Path) -> str:

@@ -40,6 +40,7 @@ SEED = "airsearch.seed"
 OUTCOME = "airsearch.outcome"
 TRIAL_ID = "airsearch.trial_id"
 VARIED = "airsearch.varied"
+REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
 
@@ -75,6 +76,7 @@ class StudyTracker:
                 "airsearch.storage": spec.storage, VARIED: ",".join(spec.varied),
                 "airsearch.trial_count": str(spec.trial_count),
                 "airsearch.seeds": str(len(spec.seeds)),
+                REFERENCE: spec.reference_id,
                 "mlflow.note.content": spec.question or spec.name}
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
