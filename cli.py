@@ -11,6 +11,7 @@ from airsearch.training.commands import train
 
 
 @click.group()
+@click.version_option(package_name="airsearch")
 def main() -> None:
     """Train Attend-Infer-Repeat and measure how reliably it learns to count."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,7 +173,7 @@ class TrainConfig:
                                 "train.lr_final", low=0.0, high=1.0)
     lr_final: float = _knob(0.1, "learning-rate multiplier once the decay is over", low=0.0,
                             high=1.0)
-    steps: int = _knob(10000, "training steps", low=0)
+    steps: int = _knob(10000, "training steps", low=1)
     eval_every: int = _knob(500, "steps between held-out evaluations", low=1)
 
 
@@ -217,7 +218,7 @@ class AIRConfig:
         specs = knob_specs()
         for key, raw in flat.items():
             if key not in specs:
-                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(specs)}")
+                raise ConfigError(unknown_key_message(key))
             _set(config, key, coerce(key, raw))
         config.validate()
         return config
@@ -288,18 +289,33 @@ def knob_specs() -> dict[str, KnobSpec]:
     return specs
 
 
+def unknown_key_message(key: str) -> str:
+    """Name the bad key and the closest known ones (all keys: `train --list-keys`)."""
+    specs = knob_specs()
+    close = difflib.get_close_matches(key, specs, n=3, cutoff=0.6)
+    section = key.rsplit(".", 1)[0] + "."
+    siblings = [k for k in specs if k.startswith(section) and k.count(".") == key.count(".")]
+    hint = f"did you mean {' or '.join(close)}?" if close else ""
+    if siblings:
+        hint += f" keys of {section[:-1]}: {', '.join(k[len(section):] for k in siblings)}"
+    return (f"unknown config key {key!r}; {hint.strip() or 'allowed keys'}"
+            f"{'' if siblings or close else ': see `python cli.py train --list-keys`'}")
+
+
 def coerce(key: str, raw: Any) -> Any:
     """Turn a CLI/YAML value into the key's type, or raise naming the key."""
     spec = knob_specs().get(key)
     if spec is None:
-        raise ConfigError(f"unknown config key {key!r}")
+        raise ConfigError(unknown_key_message(key))
     try:
         if spec.type is bool:
             if isinstance(raw, str):
                 if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
                 return raw.lower() in ("true", "1", "yes")
-            return bool(raw)
+            if isinstance(raw, bool) or (isinstance(raw, int) and raw in (0, 1)):
+                return bool(raw)
+            raise ValueError
         if spec.type is int:
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError

@@ -209,3 +209,26 @@ def test_bool_keys_coerce_and_reject():
             assert AIRConfig.from_flat({key: raw}).to_flat()[key] is expected
         msg = _error({key: "maybe"})
         assert key in msg and "bool" in msg
+
+
+@pytest.mark.parametrize("raw", [None, 5, [1, 2], 0.5])
+def test_bool_keys_reject_non_bool_values(raw):
+    """YAML null, 5 or a list is not a bool: the error names the key (not a silent cast)."""
+    msg = _error({"model.residual_input": raw})
+    assert "model.residual_input" in msg and "bool" in msg
+
+
+def test_training_needs_at_least_one_step():
+    msg = _error({"train.steps": 0})
+    assert "train.steps" in msg and "[1, inf]" in msg
+
+
+def test_where_scale_rule_follows_the_digit():
+    fixed = AIRConfig.from_flat({"data.digit_size": 10.5})
+    assert fixed.where_scale_prior() == (3.0, 0.2)
+    rule = {"prior.where_scale_rule": "digit_size"}
+    assert AIRConfig.from_flat(rule).where_scale_prior() == pytest.approx((3.0, 0.2))
+    small = AIRConfig.from_flat({**rule, "data.digit_size": 10.5})
+    assert small.where_scale_prior() == pytest.approx((6.0, 0.4))
+    wide = AIRConfig.from_flat({**rule, "data.canvas_size": 100, "data.digit_size": 21.0})
+    assert wide.where_scale_prior() == pytest.approx((6.0, 0.4))

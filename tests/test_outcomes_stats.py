@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airsearch.stats import Rate, wilson
+from airsearch.stats import Rate, can_tell, compare, fisher_p, newcombe, wilson
 from airsearch.training.outcomes import COLLAPSE_SHARE, OUTCOMES, converged, label
 
 BASE = dict(diverged=False, accuracies=[0.5, 0.6], threshold=0.95, hold=1, share_zero=0.1,
@@ -127,3 +127,34 @@ def test_rate_str():
     """Rates print as k/n = value [low, high]."""
     assert str(wilson(1, 5)) == "1/5 = 0.20 [0.04, 0.62]"
     assert isinstance(wilson(1, 5), Rate)
+
+
+@pytest.mark.parametrize("a, b, low, high", [
+    ((56, 70), (48, 80), 0.0524, 0.3339),  # Newcombe (1998), table II, method 10
+    ((9, 10), (3, 10), 0.1705, 0.8090),
+    ((5, 56), (0, 29), -0.0381, 0.1926),
+])
+def test_newcombe_known_values(a, b, low, high):
+    assert newcombe(wilson(*a), wilson(*b)) == pytest.approx((low, high), abs=6e-4)
+
+
+def test_fisher_known_values():
+    # Fisher's tea tasting: 3 of 4 right vs 1 of 4, two-sided p = 34/70.
+    assert fisher_p(wilson(3, 4), wilson(1, 4)) == pytest.approx(34 / 70)
+    assert fisher_p(wilson(4, 4), wilson(0, 4)) == pytest.approx(2 / 70)
+    assert fisher_p(wilson(2, 4), wilson(2, 4)) == pytest.approx(1.0)
+
+
+def test_compare_verdicts():
+    assert compare(wilson(8, 8), wilson(1, 8)).verdict == "better"
+    assert compare(wilson(1, 8), wilson(8, 8)).verdict == "worse"
+    assert compare(wilson(3, 4), wilson(1, 4)).verdict == "too small to tell"
+    assert compare(wilson(200, 200), wilson(199, 200)).verdict.startswith("no difference")
+    same = compare(wilson(2, 4), wilson(2, 4))
+    assert same.difference == 0 and same.low < 0 < same.high
+
+
+def test_can_tell_needs_enough_seeds():
+    assert not can_tell(3, 3)  # all vs none: p = 0.10
+    assert can_tell(4, 4)  # p = 0.029
+    assert not can_tell(0, 4)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from airsearch.study.space import DefineByRun
-from airsearch.study.spec import SpecError, load_spec
+from airsearch.study.spec import SpecError, config_id, load_spec
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -46,7 +46,20 @@ def optuna_search(space: dict, **extra: object) -> dict:
     (with_(config={"train.steps": 5}), "config.train.steps", "training.steps"),
     (with_(seeds=0), "seeds", "an integer >= 1"),
     (with_(seeds=[1, 1]), "seeds", "distinct non-negative"),
-    (with_(training={"steps": -1}), "training.steps", "int in [0, inf]"),
+    (with_(training={"steps": -1}), "training.steps", "int in [1, inf]"),
+    (with_(training={"steps": 0}), "training.steps", "int in [1, inf]"),
+    (with_(name="a" * 501), "name", "at most 200 characters"),
+    (with_(reference={"init.decoder_bias": 1.0}), "reference", "not a configuration of the grid"),
+    (with_(reference={"train.lr": 1e-3}), "reference.train.lr", "unknown field"),
+    (with_(search={"mode": "grid", "configurations": []}), "search.configurations",
+     "non-empty list"),
+    (with_(search={"mode": "grid", "configurations": [{"model.lstm_size": 8}]}),
+     "search.configurations[0].model.lstm_size", "also set in config"),
+    (with_(search={"mode": "grid", "configurations": [{}, {"init.decoder_bias": "dark"}]}),
+     "search.configurations[1].init.decoder_bias", "float in [-20.0, 20.0]"),
+    (with_(search={"mode": "grid", "configurations": [{}],
+                   "space": {"init.decoder_bias": [0.0]}}),
+     "search.configurations", "instead of search.space"),
     (with_(convergence={"threshold": 1.5}), "convergence.threshold", "float in [0.0, 1.0]"),
     (with_(convergence={"hold": 0}), "convergence.hold", "int in [1, inf]"),
     (with_(objective={"tie_break": "elbo"}), "objective.tie_break", "eval/count_accuracy"),
@@ -144,3 +157,31 @@ def test_shipped_studies_are_valid_and_say_what_they_ask(path: Path) -> None:
     assert spec.name == path.stem
     assert "minutes" in spec.question or "hours" in spec.question
     assert spec.trial_count >= 1
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text("name: a\nseeds: 2\nseeds: 3\n"
+                    "search: {mode: grid, space: {init.decoder_bias: [0.0]}}\n")
+    with pytest.raises(SpecError, match="duplicate key 'seeds'"):
+        load_spec(path)
+
+
+def test_listed_configurations_and_reference(tmp_path: Path) -> None:
+    """A grid may list whole configurations; the reference defaults to the first one."""
+    listed = [{}, {"init.decoder_bias": 0.0}, {"init.decoder_bias": 0.0, "init.where_sd": 1.0},
+              {}]
+    spec = load_spec(write(tmp_path, with_(search={"mode": "grid", "configurations": listed})))
+    assert spec.configurations() == listed[:3]  # duplicates trained once
+    assert spec.varied == ("init.decoder_bias", "init.where_sd")
+    assert spec.reference == {} and spec.trial_count == 3
+    named = with_(search={"mode": "grid", "configurations": listed},
+                  reference={"init.decoder_bias": 0.0})
+    spec = load_spec(write(tmp_path, named))
+    assert spec.reference == {"init.decoder_bias": 0.0}
+    assert spec.reference_id == config_id({"init.decoder_bias": 0.0})
+
+
+def test_reference_of_a_product_grid_is_its_first_point(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.reference == spec.configurations()[0] == {"init.decoder_bias": -2.0}

@@ -18,13 +18,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen first
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
-from airsearch.stats import ALPHA, Comparison, Rate, can_tell, compare, wilson  # noqa: E402
+from airsearch.stats import ALPHA, NEGLIGIBLE, Comparison, Rate, can_tell, compare, wilson  # noqa: E402
 from airsearch.study.tracking import (  # noqa: E402
     ALL_OUTCOMES,
     COMPLETE,
     CONFIG_ID,
     KIND,
+    OUTCOME,
     REFERENCE,
     STUDY,
     VARIED,
@@ -87,8 +89,14 @@ class StudyReport:
                     f"cannot reach p < {ALPHA}")
         found = [r.config_id for r in others
                  if r.vs_reference and r.vs_reference.verdict in ("better", "worse")]
-        return (f"differs from the reference at p < {ALPHA} (Fisher): {', '.join(found)}"
+        untold = sum(1 for r in others
+                     if r.vs_reference and r.vs_reference.verdict == "too small to tell")
+        text = (f"differs from the reference at p < {ALPHA} (Fisher): {', '.join(found)}"
                 if found else f"no configuration differs from the reference at p < {ALPHA}")
+        if untold:
+            text += (f"; {untold} of {len(others)} too small to tell (their Newcombe interval "
+                     f"allows a difference of {NEGLIGIBLE} or more)")
+        return text
 
 
 def experiment_of(client: MlflowClient, name: str) -> Any:
@@ -163,6 +171,29 @@ def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
     return cells
 
 
+def _csv_row(report: StudyReport, row: ConfigRow) -> dict[str, Any]:
+    """One configuration as numbers for a spreadsheet: empty cells where nothing applies."""
+    c = row.vs_reference
+    cells: dict[str, Any] = {"config": row.config_id}
+    cells.update({key: row.values.get(key, "") for key in report.varied})
+    cells.update({
+        "converged": row.k, "seeds": row.n, "rate": row.rate, "wilson_low": row.low,
+        "wilson_high": row.high,
+        "outcomes": " ".join(f"{o}:{n}" for o, n in row.outcomes.items()),
+        "steps_to_converge": "" if row.mean_steps_to_converge is None
+        else row.mean_steps_to_converge,
+        "seconds_to_converge": "" if row.mean_seconds_to_converge is None
+        else row.mean_seconds_to_converge,
+        "is_reference": int(row.config_id == report.reference),
+        "vs_reference": "" if c is None else c.difference,
+        "newcombe_low": "" if c is None else c.low,
+        "newcombe_high": "" if c is None else c.high,
+        "fisher_p": "" if c is None else c.p_value,
+        "verdict": "" if c is None else c.verdict,
+        "error": row.error})
+    return cells
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -179,10 +210,11 @@ def render(report: StudyReport, fmt: str) -> str:
     table = [_cells(report, row) for row in report.rows]
     header = list(table[0]) if table else ["config", "converged"]
     if fmt == "csv":
+        numbers = [_csv_row(report, row) for row in report.rows]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=header)
+        writer = csv.DictWriter(buffer, fieldnames=list(numbers[0]) if numbers else header)
         writer.writeheader()
-        writer.writerows(table)
+        writer.writerows(numbers)
         return buffer.getvalue()
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -240,6 +272,89 @@ def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_configurations(report: StudyReport, out_dir: Path) -> Path | None:
+    """Every configuration's rate with its Wilson interval, labelled by what it changes;
+    the reference first, in grey."""
+    if not report.rows:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref = report.reference_row
+    rows = ([ref] if ref else []) + [r for r in report.rows if r is not ref]
+    labels = [", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in r.values.items()) or
+              "(fixed config)" for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
+    y = list(range(len(rows)))[::-1]
+    for yi, row in zip(y, rows, strict=True):
+        colour = "grey" if row is ref else "C0"
+        ax.errorbar([row.rate], [yi], xerr=[[row.rate - row.low], [row.high - row.rate]],
+                    fmt="o", capsize=3, color=colour)
+        ax.annotate(f"{row.k}/{row.n}", (row.rate, yi), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_xlabel("convergence rate (Wilson 95%)")
+    ax.set_title(f"{report.name}" + (" (grey: reference)" if ref else ""), fontsize=9)
+    fig.tight_layout()
+    path = out_dir / "rate_by_configuration.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+CURVES = ("eval/count_accuracy", "eval/presence_step_1", "eval/iou")
+OUTCOME_COLOURS = {"converged": "C2", "collapsed_to_zero": "C3", "collapsed_to_max": "C1",
+                   "over_counting": "C4", "under_counting": "C0", "counting_error": "C5",
+                   "diverged": "k", "error": "grey"}
+
+
+def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_dir: Path
+                     ) -> Path | None:
+    """One panel per configuration: every seed's `metric` against training step, coloured by
+    the seed's outcome, so a collapse shows when it happened, not only that it did."""
+    if not report.rows:
+        return None
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_of(client, report.name)
+    seeds = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'seed'",
+                               max_results=50000)
+    parents = {r.info.run_id: r.data.tags.get(CONFIG_ID) for r in client.search_runs(
+        [experiment.experiment_id], f"tags.`{KIND}` = 'configuration'", max_results=50000)}
+    by_config: dict[str, list[Any]] = {}
+    for run in seeds:
+        by_config.setdefault(parents.get(run.data.tags.get(MLFLOW_PARENT_RUN_ID), ""), []
+                             ).append(run)
+    ref = report.reference_row
+    rows = ([ref] if ref else []) + [r for r in report.rows if r is not ref]
+    cols = min(3, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 2.4 * nrows), squeeze=False,
+                             sharex=True, sharey=True)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        for run in by_config.get(row.config_id, []):
+            history = sorted(client.get_metric_history(run.info.run_id, metric),
+                             key=lambda m: m.step)
+            outcome = run.data.tags.get(OUTCOME, "error")
+            ax.plot([m.step for m in history], [m.value for m in history], lw=1,
+                    color=OUTCOME_COLOURS.get(outcome, "grey"), label=outcome)
+        title = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row.values.items())
+        ax.set_title((title or "(fixed config)") + (" [ref]" if row is ref else ""),
+                     fontsize=6)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7,
+               frameon=False)
+    fig.supxlabel("training step", fontsize=8, y=0.06)
+    fig.supylabel(metric, fontsize=8)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"seeds_{metric.replace('/', '_')}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _ranks(x: list[float]) -> list[int]:
     """0 for the first configuration at a value, 1 for the second, ..."""
     seen: dict[float, int] = {}
@@ -280,6 +395,9 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
     """Write the tables and plots to out_dir and log them on the study's report run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = plot_rates(report, out_dir)
+    figures = [plot_configurations(report, out_dir)] + [
+        plot_seed_curves(tracking_uri, report, metric, out_dir) for metric in CURVES]
+    paths += [path for path in figures if path is not None]
     importance = plot_importances(report, out_dir)
     if importance is not None:
         paths.append(importance)

@@ -67,7 +67,14 @@ from typing import Any
 
 import yaml
 
-from airsearch.config import AIRConfig, ConfigError, check_value, coerce, knob_specs
+from airsearch.config import (
+    AIRConfig,
+    ConfigError,
+    check_value,
+    coerce,
+    knob_specs,
+    unknown_key_message,
+)
 
 MODES = ("grid", "optuna")
 SAMPLERS = ("tpe", "random")
@@ -80,6 +87,22 @@ OWNED_KEYS = {"train.steps": "training.steps", "train.eval_every": "training.eva
 TOP_LEVEL = ("name", "config", "seeds", "training", "convergence", "objective", "search",
              "reference", "resources", "max_concurrent", "storage")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+MAX_NAME = 200  # names an MLflow experiment (at most 500 characters) and a folder
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that rejects a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a later value would silently replace "
+                    "the earlier one)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class SpecError(ValueError):
@@ -195,7 +218,7 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raises SpecError naming the file and the field."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise SpecError(f"{path}: no such study file") from None
     except yaml.YAMLError as exc:
@@ -208,9 +231,11 @@ def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
     v = _Validator(path)
     doc = v.mapping(raw, "the file", TOP_LEVEL)
     name = doc.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        v.fail("name", f"{name!r} is not allowed; allowed: letters, digits, - and _ "
-               "(it names the MLflow experiment and the results folder)")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
+        shown = f"{name[:40]!r}... ({len(name)} characters)" if isinstance(name, str) and len(
+            name) > MAX_NAME else repr(name)
+        v.fail("name", f"{shown} is not allowed; allowed: letters, digits, - and _, at most "
+               f"{MAX_NAME} characters (it names the MLflow experiment and the results folder)")
     fixed = v.fixed_config(doc.get("config", {}))
     seeds = v.seeds(doc.get("seeds"))
     training = v.mapping(doc.get("training", {}), "training", ("steps", "eval_every"))
@@ -317,8 +342,7 @@ class _Validator:
     def knob(self, key: str, raw: Any, where: str) -> Any:
         """One value of an AIR knob, coerced and range-checked."""
         if key not in self.specs:
-            self.fail(where, f"unknown AIR config key {key!r}; allowed: "
-                      + ", ".join(self.specs))
+            self.fail(where, unknown_key_message(key))
         try:
             value = coerce(key, raw)
             check_value(key, value, self.specs[key])
@@ -360,8 +384,7 @@ class _Validator:
             chosen = {}
             for key, value in entry.items():
                 if key not in self.specs:
-                    self.fail(f"{where}.{key}", "unknown AIR config key; allowed: "
-                              + ", ".join(self.specs))
+                    self.fail(f"{where}.{key}", unknown_key_message(key))
                 if key in OWNED_KEYS:
                     self.fail(f"{where}.{key}", f"not searchable here; set it as "
                               f"{OWNED_KEYS[key]}")
@@ -380,7 +403,7 @@ class _Validator:
         for key, entry in raw.items():
             where = f"search.space.{key}"
             if key not in self.specs:
-                self.fail(where, "unknown AIR config key; allowed: " + ", ".join(self.specs))
+                self.fail(where, unknown_key_message(key))
             if key in OWNED_KEYS:
                 self.fail(where, f"not searchable here; set it as {OWNED_KEYS[key]}")
             if key in fixed:
