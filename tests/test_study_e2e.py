@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -17,11 +19,12 @@ import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from scipy.stats import fisher_exact
 
 from airsearch.stats import wilson
 from airsearch.study import runner
 from airsearch.study.report import load_report, render, write_report
-from airsearch.study.spec import StudySpec, load_spec
+from airsearch.study.spec import StudySpec, config_id, load_spec
 from airsearch.training.trainer import train_seeds
 
 pytestmark = pytest.mark.slow
@@ -111,8 +114,23 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()  # next to the DB
     table = json.loads(render(report, "json"))
     assert table["best"] == report.rows[0].config_id
+    # Every configuration is tested against the first grid point (lr 1e-3, decoder bias -2).
+    assert report.reference == spec.reference_id == config_id(spec.configurations()[0])
+    ref = report.reference_row
+    for row in report.rows:
+        if row is ref:
+            assert row.vs_reference is None
+            continue
+        expected = fisher_exact([[row.k, row.n - row.k], [ref.k, ref.n - ref.k]]).pvalue
+        assert row.vs_reference.p_value == pytest.approx(expected)
+        assert row.vs_reference.low <= row.rate - ref.rate <= row.vs_reference.high
+    assert table["reference"] == ref.config_id and table["verdict"] == report.verdict()
+    csv_rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert {float(r["wilson_low"]) for r in csv_rows} == {r.low for r in report.rows}
+    assert [r["fisher_p"] for r in csv_rows if r["is_reference"] == "1"] == [""]
     assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {
-        "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md"}
+        "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md",
+        "rate_by_configuration.png", "seeds_eval_count_accuracy.png"}
     again = runner.launch(spec, uri, show_progress=False)  # existing results: resume, no rerun
     assert again.resumed and again.newly_logged == 0
     check_structure(uri, spec, 4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -337,8 +338,8 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
             ax.plot([m.step for m in history], [m.value for m in history], lw=1,
                     color=OUTCOME_COLOURS.get(outcome, "grey"), label=outcome)
         title = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row.values.items())
-        ax.set_title((title or "(fixed config)") + (" [ref]" if row is ref else ""),
-                     fontsize=6)
+        ax.set_title(textwrap.fill((title or "(fixed config)") + (" [ref]" if row is ref
+                                                                   else ""), 60), fontsize=6)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
