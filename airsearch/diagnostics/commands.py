@@ -14,7 +14,7 @@ ESTIMATORS = ("reinforce", "vimco", "relaxed")
 
 @click.group()
 def diagnose() -> None:
-    """Diagnostics of AIR's gradient estimators."""
+    """Diagnostics of AIR: gradient variance of the estimators, the first step's value."""
 
 
 @diagnose.command(epilog="""\b
@@ -102,6 +102,62 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
         {"samples": samples, "step": step, "seeds": seeds, "rows": rows}, indent=2))
     _plot(rows, out / "gradient_variance.png")
     click.echo(f"wrote {out / 'gradient_variance.json'} and {out / 'gradient_variance.png'}")
+
+
+@diagnose.command("first-step", epilog="""\b
+Examples:
+  python cli.py diagnose first-step --set data.digit_size=21 --set data.digit_size=10.5
+  python cli.py diagnose first-step --set data.digit_size=10.5 --set init.decoder_bias=-5""")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key; a key given twice makes one row per value.")
+@click.option("--images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Training images averaged over.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Init and noise seed.")
+@click.option("--mnist-dir", type=click.Path(exists=True, file_okay=False),
+              envvar="AIRSEARCH_MNIST_DIR", help="Directory with the MNIST IDX files.")
+def first_step(assignments: tuple[str, ...], images: int, seed: int,
+               mnist_dir: str | None) -> None:
+    """What the first step is worth to the ELBO at initialisation, in nats per image.
+
+    A step that costs more than it explains is switched off by the first REINFORCE updates;
+    this shows the terms of that trade (see airsearch/diagnostics/first_step.py).
+    """
+    import torch
+
+    from airsearch.data import load_datasets
+    from airsearch.diagnostics.first_step import first_step_value
+    from airsearch.model.air import AIR
+
+    try:
+        rows = [AIRConfig.from_flat(flat) for flat in _rows(assignments)]
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    click.echo(f"{'configuration':<44} {'log-lik gain':>12} {'KL where':>9} {'KL what':>8} "
+               f"{'prior':>7} {'net':>7} {'ink in window':>13}")
+    for flat, config in zip(_rows(assignments), rows, strict=True):
+        train, _, info = load_datasets(config.data, mnist_dir=mnist_dir)
+        x = torch.from_numpy(train.images[:images]).to(torch.float32) / 255.0
+        value = first_step_value(AIR(config, [seed]), x, seed)
+        label = ", ".join(f"{k}={v}" for k, v in flat.items()) or "(defaults)"
+        click.echo(f"{label:<44} {value.log_lik_gain:>+12.1f} {value.kl_where:>9.1f} "
+                   f"{value.kl_what:>8.1f} {value.prior_log_ratio:>+7.1f} {value.net:>+7.1f} "
+                   f"{value.ink_in_window:>13.2f}")
+    click.echo(f"data: {info.source}; nats per image, mean over {images} training images; "
+               "net = gain - KL where - KL what + prior log-ratio")
+
+
+def _rows(assignments: tuple[str, ...]) -> list[dict[str, str]]:
+    """One config per value of each repeated key: --set a=1 --set a=2 --set b=3 gives
+    {a: 1, b: 3} and {a: 2, b: 3}."""
+    values: dict[str, list[str]] = {}
+    for key, value in (item.split("=", 1) if "=" in item else (item, "") for item in
+                       assignments):
+        parse_assignments([f"{key}={value}"])  # the same error as elsewhere
+        values.setdefault(key.strip(), []).append(value.strip())
+    rows: list[dict[str, str]] = [{}]
+    for key, options in values.items():
+        rows = [{**row, key: option} for row in rows for option in options]
+    return rows
 
 
 def _variants(kinds: list[str], config: AIRConfig) -> list[tuple[str, dict[str, object], bool]]:
