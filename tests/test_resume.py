@@ -257,3 +257,22 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_a_damaged_checkpoint_is_set_aside_and_the_configuration_trains_afresh(tmp_path,
+                                                                               damage):
+    """A checkpoint cut off mid-write or garbled is never a result: the trial sets it aside
+    and trains afresh, and `train --resume` says what is wrong in one line."""
+    config = AIRConfig.from_flat({**TINY, "train.steps": 5})
+    train_seeds(config, [0], out_dir=tmp_path, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x93garbled" * 64)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path)
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "cannot be read" in result.output
+    assert "Traceback" not in result.output
+    assert resumable_checkpoint(tmp_path, config, (0,)) is None
+    assert not path.exists() and len(list(tmp_path.glob("checkpoint.pt.unreadable-*"))) == 1

@@ -104,6 +104,7 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     report = load_report(uri, spec.name)
     diverged = [r for r in report.rows if r.values["train.lr"] == DIVERGES]
     assert [r.outcomes for r in diverged] == [{"diverged": 2}] * 2
+    assert [r.objective for r in diverged] == [0.0, 0.0]  # their rate alone
     seeds = runs(uri, spec.name, "seed")
     client = MlflowClient(uri)
     figures = [a.path for s in seeds if s.data.tags["airsearch.outcome"] != "diverged"

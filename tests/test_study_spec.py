@@ -185,3 +185,19 @@ def test_listed_configurations_and_reference(tmp_path: Path) -> None:
 def test_reference_of_a_product_grid_is_its_first_point(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, GOOD))
     assert spec.reference == spec.configurations()[0] == {"init.decoder_bias": -2.0}
+
+
+def test_diverged_seeds_do_not_break_ties(tmp_path: Path) -> None:
+    """All-diverged seeds (frozen weights at 0.9 accuracy) rank below over-counting ones
+    (0.5): a diverged seed's accuracy is not a result."""
+    from airsearch.study.trial import final_metrics
+
+    spec = load_spec(write(tmp_path, GOOD))
+
+    def objective(outcome: str, accuracy: float) -> float:
+        seeds = [{"seed": s, "outcome": outcome, "final": {"eval/count_accuracy": accuracy}}
+                 for s in spec.seeds]
+        return final_metrics(spec, {}, seeds, "", {}, {})["objective"]
+
+    assert objective("diverged", 0.9) == 0.0
+    assert objective("over_counting", 0.5) > objective("diverged", 0.9)

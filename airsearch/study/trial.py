@@ -42,10 +42,12 @@ from airsearch.training.checkpoint import (
     CHECKPOINT,
     Checkpoint,
     CheckpointError,
+    UnreadableCheckpoint,
     check_resumable,
     clear_run,
     load_checkpoint,
     schedule_change,
+    set_aside,
 )
 from airsearch.training.outcomes import converged
 
@@ -72,7 +74,8 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
         for row in record.per_seed:
             history[int(row["seed"])].append(row)
         rate = wilson(sum(_holds(rows, spec) for rows in history.values()), len(spec.seeds))
-        accuracy = _mean(rows[-1].get(ACCURACY, math.nan) for rows in history.values() if rows)
+        accuracy = _mean(rows[-1].get(ACCURACY, math.nan) for rows in history.values()
+                         if rows and not rows[-1].get("diverged", 0))
         tune.report({OBJECTIVE: spec.objective(rate.value, accuracy),
                      "convergence_rate": rate.value, "wilson_low": rate.low,
                      "wilson_high": rate.high, "step": record.step, "finished": 0,
@@ -140,6 +143,10 @@ def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
             # A study compares configurations: each must train exactly as a fresh run would.
             if schedule_change(checkpoint, config) is None:
                 return checkpoint
+        except UnreadableCheckpoint as exc:
+            kept = set_aside(folder / CHECKPOINT)
+            print(f"[airsearch] {exc}; set aside as {kept.name}, training this configuration "
+                  "afresh", flush=True)
         except CheckpointError:
             pass
     clear_run(folder)
@@ -152,7 +159,9 @@ def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[dict[s
     """The trial's last report: the rate, and per-seed records as JSON strings (not flattened)."""
     k = sum(rec["outcome"] == "converged" for rec in seeds)
     rate = wilson(k, len(seeds))
-    accuracy = _mean(rec["final"].get(ACCURACY, math.nan) for rec in seeds)
+    # A diverged seed's accuracy is that of frozen, broken weights: it must not rank anything.
+    accuracy = _mean(rec["final"].get(ACCURACY, math.nan) for rec in seeds
+                     if rec["outcome"] != "diverged")
     return {OBJECTIVE: spec.objective(rate.value, accuracy), "convergence_rate": rate.value,
             "wilson_low": rate.low, "wilson_high": rate.high, "converged": k,
             "seeds_done": len(seeds), "finished": 1, "error": error,

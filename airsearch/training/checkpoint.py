@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ FORMAT = 1  # raised whenever a field changes meaning, so an old file is refused
 
 class CheckpointError(ValueError):
     """A run cannot be resumed from this checkpoint; the message says why."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """The checkpoint file exists but cannot be loaded (truncated, garbled)."""
 
 
 @dataclass
@@ -125,17 +130,37 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: only a run that reached its first "
                               "evaluation (train.eval_every steps) can be resumed")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict):
+            raise TypeError(f"holds a {type(saved).__name__}, not a checkpoint")
+    except Exception as exc:  # torch raises many kinds for a cut-off or garbled file
+        raise UnreadableCheckpoint(
+            f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): it was cut off "
+            "or damaged (a kill mid-write, a full disk); move it away and train afresh, or "
+            "restore it from a copy") from None
     if saved.get("format") != FORMAT:
         raise CheckpointError(f"{path} was written by another version of airsearch (format "
                               f"{saved.get('format')!r}, this one reads {FORMAT}); it cannot "
                               "be resumed")
-    progress = saved["progress"]
-    progress["converged_at"] = [tuple(c) if c is not None else None
-                                for c in progress["converged_at"]]
-    return Checkpoint(config=saved["config"], all_seeds=saved["all_seeds"], data=saved["data"],
-                      finished=saved["finished"], seeds=saved["seeds"], wall_s=saved["wall_s"],
-                      progress=Progress(**progress), state=saved["trainer"])
+    try:
+        progress = saved["progress"]
+        progress["converged_at"] = [tuple(c) if c is not None else None
+                                    for c in progress["converged_at"]]
+        return Checkpoint(config=saved["config"], all_seeds=saved["all_seeds"],
+                          data=saved["data"], finished=saved["finished"], seeds=saved["seeds"],
+                          wall_s=saved["wall_s"], progress=Progress(**progress),
+                          state=saved["trainer"])
+    except (KeyError, TypeError) as exc:
+        raise UnreadableCheckpoint(f"{path} lacks part of a checkpoint ({exc!r}); move it away "
+                                   "and train afresh") from None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint out of the way (kept for inspection, never resumed)."""
+    target = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    path.replace(target)
+    return target
 
 
 def trim_metrics(out: Path, checkpoint: Checkpoint) -> None:
