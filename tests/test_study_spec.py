@@ -201,3 +201,17 @@ def test_diverged_seeds_do_not_break_ties(tmp_path: Path) -> None:
 
     assert objective("diverged", 0.9) == 0.0
     assert objective("over_counting", 0.5) > objective("diverged", 0.9)
+
+
+@pytest.mark.parametrize("command", [["list"], ["status", "x"], ["report", "x"]])
+def test_reading_commands_never_create_a_tracking_store(tmp_path: Path, monkeypatch,
+                                                        command: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(main, ["study", *command])
+    assert result.exit_code == 1 and "no tracking store at" in result.output
+    assert "--tracking-uri" in result.output and not (tmp_path / "mlflow.db").exists()

@@ -20,6 +20,16 @@ def _tracking(option: str | None) -> str:
     return resolve_tracking_uri(option)
 
 
+def _existing_tracking(option: str | None) -> str:
+    """The tracking store to read from; a local one must exist (reading never creates one)."""
+    uri = _tracking(option)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise click.ClickException(
+            f"no tracking store at {uri[len('sqlite:///'):]}: run this where the study was "
+            "launched, or pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    return uri
+
+
 @click.group()
 def study() -> None:
     """Convergence-rate studies: many configurations x seeds on Ray Tune, logged to MLflow.
@@ -144,7 +154,7 @@ def status(name: str, tracking_uri: str | None) -> None:
     from airsearch.study.report import StudyNotFound, load_report
 
     try:
-        report = load_report(_tracking(tracking_uri), name)
+        report = load_report(_existing_tracking(tracking_uri), name)
     except StudyNotFound as exc:
         raise click.ClickException(str(exc)) from None
     best = report.best
@@ -169,7 +179,7 @@ def list_studies(tracking_uri: str | None) -> None:
 
     from airsearch.study.report import load_report, study_names
 
-    uri = _tracking(tracking_uri)
+    uri = _existing_tracking(tracking_uri)
     names = study_names(MlflowClient(uri))
     if not names:
         click.echo("no studies yet; try: python cli.py study launch studies/quickstart.yaml")
@@ -201,7 +211,7 @@ def report(name: str, fmt: str, tracking_uri: str | None, out: str | None) -> No
     """
     from airsearch.study.report import StudyNotFound, load_report, render, write_report
 
-    uri = _tracking(tracking_uri)
+    uri = _existing_tracking(tracking_uri)
     try:
         result = load_report(uri, name)
     except StudyNotFound as exc:
