@@ -70,6 +70,11 @@ def plan(spec: StudySpec, tracking_uri: str, max_concurrent: int | None) -> str:
               f"resources per trial: {spec.cpus:g} cpu, {spec.gpus:g} gpu; at most "
               f"{concurrent} at once",
               f"results: {spec.storage}", f"tracking: {tracking_uri}"]
+    if spec.mode == "optuna":
+        from airsearch.study.space import OPTUNA_FILE
+
+        db = f"sqlite:///{Path(spec.storage) / OPTUNA_FILE}"
+        lines.append(f"optuna storage: {db} (browse it: optuna-dashboard {db})")
     return "\n".join(lines)
 
 
@@ -138,7 +143,14 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     errored = f", {outcome.errored} errored (launch again to retry)" if outcome.errored else ""
     click.echo(f"{outcome.finished}/{outcome.trials} trials finished{errored} "
                f"in {outcome.wall_s:.0f} s")
-    click.echo(render(load_report(uri, spec.name), "table"))
+    report = load_report(uri, spec.name)
+    click.echo(render(report, "table"))
+    missing = (outcome.trials - outcome.finished if spec.mode == "optuna"
+               else spec.trial_count - len(report.rows))
+    if outcome.errored or missing > 0:
+        # A study with configurations left to train is not an answer: say so in the exit code.
+        raise click.ClickException(f"{max(missing, outcome.errored)} configuration(s) have no "
+                                   "result yet; launch again to go on")
 
 
 @study.command()
