@@ -131,6 +131,8 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
         click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
     elif runner.has_results(spec):
         click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
+    click.echo("\n".join(line for line in plan(spec, uri, max_concurrent).splitlines()
+                          if line.startswith(("results:", "tracking:", "optuna storage:"))))
     started = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
         outcome = runner.launch(spec, uri, max_concurrent=max_concurrent,
