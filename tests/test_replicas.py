@@ -103,8 +103,12 @@ def test_first_steps_match_alone(train_images):
         alone, _, alone_losses = run_manual(config, [seed], 2, train_images)
         for g, a in zip(group_losses, alone_losses, strict=True):
             torch.testing.assert_close(g[r], a[0], rtol=1e-5, atol=1e-3)
+        # Adam divides each gradient by its own running scale, so an element whose gradient
+        # is nearly zero moves by whatever rounding the batched and the single-replica
+        # kernels leave in it: up to ~1e-5 after two steps on an Intel CPU's kernels, against
+        # a step of lr = 3e-4 that a leak between replicas would show everywhere.
         for name, p in replica(alone, 0).items():
-            torch.testing.assert_close(replica(group, r)[name], p, rtol=1e-4, atol=1e-6,
+            torch.testing.assert_close(replica(group, r)[name], p, rtol=1e-4, atol=5e-5,
                                        msg=name)
 
 
