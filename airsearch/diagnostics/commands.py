@@ -129,12 +129,13 @@ def first_step(assignments: tuple[str, ...], images: int, seed: int,
     from airsearch.model.air import AIR
 
     try:
-        rows = [AIRConfig.from_flat(flat) for flat in _rows(assignments)]
+        flats = _rows(assignments)
+        configs = [AIRConfig.from_flat(flat) for flat in flats]
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
     click.echo(f"{'configuration':<44} {'log-lik gain':>12} {'KL where':>9} {'KL what':>8} "
                f"{'prior':>7} {'net':>7} {'ink in window':>13}")
-    for flat, config in zip(_rows(assignments), rows, strict=True):
+    for flat, config in zip(flats, configs, strict=True):
         train, _, info = load_datasets(config.data, mnist_dir=mnist_dir)
         x = torch.from_numpy(train.images[:images]).to(torch.float32) / 255.0
         value = first_step_value(AIR(config, [seed]), x, seed)
@@ -150,10 +151,9 @@ def _rows(assignments: tuple[str, ...]) -> list[dict[str, str]]:
     """One config per value of each repeated key: --set a=1 --set a=2 --set b=3 gives
     {a: 1, b: 3} and {a: 2, b: 3}."""
     values: dict[str, list[str]] = {}
-    for key, value in (item.split("=", 1) if "=" in item else (item, "") for item in
-                       assignments):
-        parse_assignments([f"{key}={value}"])  # the same error as elsewhere
-        values.setdefault(key.strip(), []).append(value.strip())
+    for item in assignments:
+        ((key, value),) = parse_assignments([item]).items()
+        values.setdefault(key, []).append(value)
     rows: list[dict[str, str]] = [{}]
     for key, options in values.items():
         rows = [{**row, key: option} for row in rows for option in options]

@@ -371,6 +371,15 @@ class _Validator:
                       "objective's tie-break weight assumes it)")
         return seeds
 
+    def varied_key(self, key: str, where: str, fixed: dict[str, Any]) -> None:
+        """A key a study varies (in its space or its listed configurations)."""
+        if key not in self.specs:
+            self.fail(where, unknown_key_message(key))
+        if key in OWNED_KEYS:
+            self.fail(where, f"not searchable here; set it as {OWNED_KEYS[key]}")
+        if key in fixed:
+            self.fail(where, "also set in config; a key is either fixed or searched")
+
     def listed(self, raw: Any, fixed: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         if not isinstance(raw, list) or not raw:
             self.fail("search.configurations", "expected a non-empty list of {key: value} "
@@ -383,14 +392,7 @@ class _Validator:
                           f"{entry!r}")
             chosen = {}
             for key, value in entry.items():
-                if key not in self.specs:
-                    self.fail(f"{where}.{key}", unknown_key_message(key))
-                if key in OWNED_KEYS:
-                    self.fail(f"{where}.{key}", f"not searchable here; set it as "
-                              f"{OWNED_KEYS[key]}")
-                if key in fixed:
-                    self.fail(f"{where}.{key}", "also set in config; a key is either fixed "
-                              "or varied")
+                self.varied_key(key, f"{where}.{key}", fixed)
                 chosen[key] = self.knob(key, value, f"{where}.{key}")
             out.append(chosen)
         return tuple(out)
@@ -402,12 +404,7 @@ class _Validator:
         dims: list[Dimension] = []
         for key, entry in raw.items():
             where = f"search.space.{key}"
-            if key not in self.specs:
-                self.fail(where, unknown_key_message(key))
-            if key in OWNED_KEYS:
-                self.fail(where, f"not searchable here; set it as {OWNED_KEYS[key]}")
-            if key in fixed:
-                self.fail(where, "also set in config; a key is either fixed or searched")
+            self.varied_key(key, where, fixed)
             dims.append(self.dimension(key, entry, mode, where, fixed, dims))
         return tuple(dims)
 
