@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -170,6 +171,34 @@ def test_fractional_gpus_pack_four_trials(tmp_path: Path, local_ray: None) -> No
     assert max(m["started_at"] for m in results) < min(m["ended_at"] for m in results)
 
 
+@pytest.mark.parametrize("garble", ["tuner.pkl", "experiment_state"])
+def test_unreadable_ray_state_is_set_aside_and_the_study_record_decides(
+        tmp_path: Path, local_ray: None, garble: str) -> None:
+    """A kill mid-write leaves Ray's state truncated: the configurations the study has not
+    recorded as complete train again, the others do not, and nothing is left RUNNING."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "state", {"mode": "grid", "space": {
+        "init.decoder_bias": [-2.0, 0.0]}}, seeds=1, max_concurrent=2)
+    assert runner.launch(spec, uri, show_progress=False).finished == 2
+    # As if the second configuration had never reported before the kill.
+    lost = runs(uri, spec.name, "configuration")[0]
+    for run in [lost] + [c for c in runs(uri, spec.name, "seed")
+                         if c.data.tags["mlflow.parentRunId"] == lost.info.run_id]:
+        MlflowClient(uri).delete_run(run.info.run_id)
+    folder = runner.ray_path(spec)
+    state = (folder / "tuner.pkl" if garble == "tuner.pkl"
+             else max(folder.glob("experiment_state-*.json")))
+    state.write_bytes(state.read_bytes()[: len(state.read_bytes()) // 2])
+    said = runner.set_aside_unreadable_state(spec)
+    assert said is not None and f"{state} is unreadable" in said
+    again = runner.launch(spec, uri, show_progress=False)
+    assert (again.trials, again.finished) == (1, 1)
+    assert again.results[0]["config_id"] == lost.data.tags["airsearch.config_id"]
+    check_structure(uri, spec, 2)
+    assert all(r.info.status == "FINISHED" for r in runs(uri, spec.name, "configuration"))
+    assert runner.set_aside_unreadable_state(spec) is None  # the new state is sound
+
+
 def test_two_node_cluster(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
@@ -187,6 +216,46 @@ def test_two_node_cluster(tmp_path: Path) -> None:
         nodes = {m["node_id"] for m in outcome.results}
         assert len(nodes) == 2
         check_structure(uri, spec, 2)
+        # Where each configuration trained is on its parent run, not only in Ray's results.
+        placed = {p.data.tags["airsearch.node_id"]: p.data.tags
+                  for p in runs(uri, spec.name, "configuration")}
+        assert set(placed) == nodes
+        assert all(tags["airsearch.node_ip"] and tags["airsearch.hostname"]
+                   for tags in placed.values())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_lost_node_s_trial_is_retried_on_the_nodes_left(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        spec = make_spec(tmp_path, "lost", {"mode": "grid", "space": {
+            "init.decoder_bias": [-2.0, 0.0]}}, seeds=1, steps=400, eval_every=20,
+            max_concurrent=2)
+        trials = Path(spec.storage) / "trials"
+
+        def remove_worker_once_both_train() -> None:
+            deadline = time.time() + 300
+            while time.time() < deadline and len(list(trials.glob("*/metrics.jsonl"))) < 2:
+                time.sleep(0.5)
+            cluster.remove_node(worker)
+
+        killer = threading.Thread(target=remove_worker_once_both_train, daemon=True)
+        killer.start()
+        outcome = runner.launch(spec, uri, show_progress=False)
+        killer.join()
+        assert (outcome.trials, outcome.finished, outcome.errored) == (2, 2, 0)
+        check_structure(uri, spec, 2)
+        assert {m["node_id"] for m in outcome.results} == {cluster.head_node.node_id}
+        assert all(r.info.status == "FINISHED" for r in runs(uri, spec.name, "configuration"))
     finally:
         ray.shutdown()
         cluster.shutdown()

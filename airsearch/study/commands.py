@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from airsearch.study.spec import SpecError, StudySpec, load_spec
+from airsearch.study.spec import SpecError, StudySpec, config_id, load_spec
 
 TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
                  "in the current directory)")
@@ -120,39 +120,55 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     if dry_run:
         click.echo(plan(spec, uri, max_concurrent))
         return
-    from airsearch.study import runner
+    from airsearch.study import preflight, runner
     from airsearch.study.report import load_report, render
 
-    if restart and (runner.has_results(spec) or Path(spec.storage).exists()):
-        if not yes:
-            click.confirm(f"delete {spec.storage} and the MLflow runs of study {spec.name}?",
-                          abort=True)
-        deleted = runner.restart(spec, uri)
-        click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
-    elif runner.has_results(spec):
-        click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
-    click.echo("\n".join(line for line in plan(spec, uri, max_concurrent).splitlines()
-                          if line.startswith(("results:", "tracking:", "optuna storage:"))))
-    started = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
+        preflight.check_tracking(uri)
+        preflight.check_address(address)
+        if restart and (runner.has_results(spec) or Path(spec.storage).exists()):
+            if not yes:
+                click.confirm(f"delete {spec.storage} and the MLflow runs of study "
+                              f"{spec.name}?", abort=True)
+            deleted = runner.restart(spec, uri)
+            click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
+        else:
+            recovered = runner.set_aside_unreadable_state(spec)
+            if recovered:
+                click.echo(recovered)
+            elif runner.has_results(spec):
+                click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
+        click.echo("\n".join(line for line in plan(spec, uri, max_concurrent).splitlines()
+                              if line.startswith(("results:", "tracking:", "optuna storage:"))))
+        started = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    except preflight.PreflightError as exc:
+        raise click.ClickException(str(exc)) from None
+    import ray
+
+    try:
+        preflight.check_resources(spec.cpus, spec.gpus, ray.cluster_resources())
         outcome = runner.launch(spec, uri, max_concurrent=max_concurrent,
                                 show_progress=not quiet)
+    except preflight.PreflightError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         if started:
-            import ray
-
             ray.shutdown()
     errored = f", {outcome.errored} errored (launch again to retry)" if outcome.errored else ""
     click.echo(f"{outcome.finished}/{outcome.trials} trials finished{errored} "
                f"in {outcome.wall_s:.0f} s")
     report = load_report(uri, spec.name)
     click.echo(render(report, "table"))
-    missing = (outcome.trials - outcome.finished if spec.mode == "optuna"
-               else spec.trial_count - len(report.rows))
-    if outcome.errored or missing > 0:
-        # A study with configurations left to train is not an answer: say so in the exit code.
-        raise click.ClickException(f"{max(missing, outcome.errored)} configuration(s) have no "
-                                   "result yet; launch again to go on")
+    # A study with configurations left to train is not an answer: say so in the exit code.
+    if spec.mode == "grid":
+        done = {row.config_id for row in report.rows}
+        missing = [json.dumps(c) for c in spec.configurations() if config_id(c) not in done]
+        if missing:
+            raise click.ClickException(f"{len(missing)} configuration(s) have no result yet: "
+                                       + "; ".join(missing) + "; launch again to go on")
+    elif outcome.errored:
+        raise click.ClickException(f"{outcome.errored} trial(s) ended without a result; "
+                                   "launch again to retry them")
 
 
 @study.command()

@@ -7,6 +7,11 @@ from its configuration's last checkpoint (airsearch.study.trial).
 After the driver is killed, Ray re-runs trials that were not yet in its last snapshot; the
 MLflow callback recognises configurations it already logged, and a final pass over Ray's
 results logs any finished trial the callback missed, so every configuration counts once.
+A trial whose worker or node is lost is retried on the nodes left (`FailureConfig`).
+
+The study's own record, not Ray's snapshot, says what a grid study has left: a fresh
+experiment trains only the configurations MLflow does not hold as complete, and Ray state
+that no longer parses (a kill mid-write) is set aside rather than trusted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +29,16 @@ import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from airsearch.study.preflight import PreflightError, join_error, unreadable_ray_state
 from airsearch.study.space import OBJECTIVE, grid_param_space, optuna_searcher
-from airsearch.study.spec import StudySpec
+from airsearch.study.spec import StudySpec, config_id
 from airsearch.study.tracking import MlflowCallback, StudyTracker
 from airsearch.study.trial import run_trial
 
 RAY_DIR = "ray"
 # Forwarded to workers so data loads the same on a cluster as on the driver.
 FORWARDED_ENV = ("AIRSEARCH_CACHE", "AIRSEARCH_MNIST_DIR")
+MAX_FAILURES = 3  # retries of a trial whose worker died (a lost node), on the nodes left
 
 
 @dataclass(frozen=True)
@@ -62,12 +70,36 @@ def start_ray(address: str | None, num_cpus: int | None = None,
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 -- Ray raises several types for one cause
+            raise join_error(address, exc) from None
     return True
 
 
 def has_results(spec: StudySpec) -> bool:
     return tune.Tuner.can_restore(str(ray_path(spec)))
+
+
+def set_aside_unreadable_state(spec: StudySpec) -> str | None:
+    """Check Ray's state before resuming; set it aside (grid) or refuse (Optuna) if garbled.
+
+    Returns what was done, for the launch to say, or None when the state is sound.
+    """
+    folder = ray_path(spec)
+    if not has_results(spec):
+        return None
+    problem = unreadable_ray_state(folder)
+    if problem is None:
+        return None
+    if spec.mode == "optuna":
+        raise PreflightError(
+            f"{problem}: the Optuna search cannot resume without it; move {folder} aside and "
+            "launch with --restart to start the study over")
+    aside = folder.with_name(f"{RAY_DIR}.unreadable-{datetime.now():%Y%m%d-%H%M%S}")
+    folder.rename(aside)
+    return (f"{problem}; set aside as {aside}: the configurations this study has not "
+            "recorded as complete train again, from their own checkpoints where they have one")
 
 
 def restart(spec: StudySpec, tracking_uri: str) -> int:
@@ -93,9 +125,15 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
     else:
         Path(spec.storage).mkdir(parents=True, exist_ok=True)
         optuna = spec.mode == "optuna"
+        if not optuna:
+            complete = tracker.complete_ids()
+            left = [c for c in spec.configurations() if config_id(c) not in complete]
+            if not left:
+                return LaunchOutcome(resumed=False, trials=0, finished=0, errored=0,
+                                     newly_logged=0, wall_s=time.time() - started, results=[])
         tuner = tune.Tuner(
             trainable,
-            param_space={} if optuna else grid_param_space(spec),
+            param_space={} if optuna else grid_param_space(left),
             tune_config=tune.TuneConfig(
                 metric=OBJECTIVE, mode="max",
                 search_alg=optuna_searcher(spec) if optuna else None,
@@ -104,6 +142,7 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
                 reuse_actors=True),
             run_config=tune.RunConfig(
                 name=RAY_DIR, storage_path=spec.storage, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
                            MlflowCallback(tracking_uri, spec),
                            ProgressCallback(spec.name, spec.trial_count, show_progress)]))

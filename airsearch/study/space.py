@@ -47,9 +47,9 @@ class DefineByRun:
                                                       step=dim.step, log=dim.log)
 
 
-def grid_param_space(spec: StudySpec) -> dict[str, Any]:
+def grid_param_space(configurations: list[dict[str, Any]]) -> dict[str, Any]:
     """Tune param_space for grid mode: one trial per distinct configuration."""
-    return {"overrides": tune.grid_search(spec.configurations())}
+    return {"overrides": tune.grid_search(configurations)}
 
 
 def optuna_storage_url(spec: StudySpec) -> str:

@@ -42,6 +42,7 @@ TRIAL_ID = "airsearch.trial_id"
 VARIED = "airsearch.varied"
 REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
+PLACEMENT = ("node_id", "node_ip", "hostname", "gpu_ids")  # where the configuration trained
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
 
 
@@ -89,6 +90,11 @@ class StudyTracker:
     def _runs(self, filter_string: str) -> list[Any]:
         return list(self.client.search_runs([self.experiment_id], filter_string,
                                             max_results=50000))
+
+    def complete_ids(self) -> set[str]:
+        """Configuration ids whose parent run holds a finished result."""
+        return {run.data.tags[CONFIG_ID] for run in self._runs(
+            f"tags.`{KIND}` = 'configuration' and tags.`{COMPLETE}` = '1'")}
 
     def parent(self, cid: str, overrides: dict[str, Any], trial_id: str) -> Any:
         """The configuration's parent run, created (with its params) on first sight."""
@@ -152,7 +158,9 @@ class StudyTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
                                                for k, v in values.items()])
-        tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "1")]
+        tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "1"),
+                *(RunTag(f"airsearch.{key}", str(result[key])) for key in PLACEMENT
+                  if result.get(key) not in (None, ""))]
         if result["error"]:
             tags.append(RunTag("airsearch.error", result["error"][:7000]))
         if result.get("resumed_from_step"):

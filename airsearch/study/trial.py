@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import math
+import socket
 import tempfile
 import time
 import traceback
@@ -66,6 +67,7 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     cid = config_id(overrides)
     started = time.time()
     placement = {"config_id": cid, "node_id": ray.get_runtime_context().get_node_id(),
+                 "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
                  "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
                  "started_at": started, "resumed_from_step": 0}
     history: dict[int, list[dict[str, float]]] = {s: [] for s in spec.seeds}
