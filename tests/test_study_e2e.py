@@ -89,6 +89,13 @@ def check_structure(uri: str, spec: StudySpec, configurations: int) -> None:
         row = report[parent.data.tags["airsearch.config_id"]]
         assert (row.k, row.n, row.low, row.high) == (k, n, rate.low, rate.high)
         assert set(parent.data.params) >= set(spec.varied)
+        for kid in kids:  # readable names; a seed run carries its configuration and seed
+            assert kid.info.run_name == f"{parent.info.run_name} / seed {kid.data.params['seed']}"
+            assert kid.data.params["seed"] == kid.data.tags["airsearch.seed"]
+            assert {k: kid.data.params[k] for k in spec.varied} == \
+                {k: parent.data.params[k] for k in spec.varied}
+            assert kid.info.status in ("FINISHED", "FAILED")
+        assert parent.info.status in ("FINISHED", "FAILED")
     child = children[0]
     client = MlflowClient(uri)
     assert len(client.get_metric_history(child.info.run_id, "eval/count_accuracy")) == \
@@ -133,6 +140,11 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {
         "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md",
         "rate_by_configuration.png", "seeds_eval_count_accuracy.png"}
+    write_report(uri, report, tmp_path / "report")  # taken twice: the same one report run
+    reports = runs(uri, spec.name, "report")
+    assert len(reports) == 1 and reports[0].info.status == "FINISHED"
+    assert len(client.get_metric_history(reports[0].info.run_id, "configurations_complete")) == 1
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs view
     again = runner.launch(spec, uri, show_progress=False)  # existing results: resume, no rerun
     assert again.resumed and again.newly_logged == 0
     check_structure(uri, spec, 4)
@@ -316,13 +328,21 @@ def test_configuration_killed_midway_resumes_from_its_checkpoint(tmp_path: Path)
             rows = [json.loads(line) for line in metrics.read_text().splitlines()]
             reached = max([reached] + [row["step"] for row in rows])
     assert driver.poll() is None and 300 <= reached < 1500, driver.stdout.read().decode()[-3000:]
+    # The seed's run is live: it exists, running, with the evaluations so far.
+    time.sleep(2)
+    (live,) = runs(uri, spec.name, "seed")
+    client = MlflowClient(uri)
+    seen = len(client.get_metric_history(live.info.run_id, "eval/count_accuracy"))
+    assert live.info.status == "RUNNING" and seen >= 300 // 50 - 1
+    assert live.data.tags["airsearch.outcome"] == "running"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
 
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    check_structure(uri, spec, 1)
+    check_structure(uri, spec, 1)  # the same seed run went on: one run, no step twice
+    assert [r.info.run_id for r in runs(uri, spec.name, "seed")] == [live.info.run_id]
     finished = [t.last_result for t in
                 ray.tune.ExperimentAnalysis(str(runner.ray_path(spec))).trials
                 if t.last_result.get("finished")]

@@ -414,9 +414,15 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
         tags={KIND: "report", STUDY: report.name}).info.run_id)
     for path in paths:
         client.log_artifact(run_id, str(path))
+    # Idempotent: a report taken again adds a point only where the study has moved on.
     best = report.best
+    values = {"configurations_complete": float(len(report.rows))}
     if best is not None:
-        client.log_metric(run_id, "best_convergence_rate", best.rate)
+        values["best_convergence_rate"] = best.rate
         client.set_tag(run_id, "airsearch.best_config_id", best.config_id)
-    client.log_metric(run_id, "configurations_complete", len(report.rows))
+    logged = client.get_run(run_id).data.metrics
+    for key, value in values.items():
+        if logged.get(key) != value:
+            client.log_metric(run_id, key, value, step=len(report.rows))
+    client.set_terminated(run_id, "FINISHED")
     return paths

@@ -2,13 +2,19 @@
 
 One experiment per study; one parent run per configuration (params: its whole AIR config;
 metrics: the rate, its Wilson interval, outcome counts, time to converge); one child run per
-seed (curves, outcome, reconstruction figure). Workers never touch MLflow: concurrent first
-writes to a sqlite store race, and a worker's cwd would become the artifact root.
+seed (params: the config plus its seed; curves, outcome, figures). Workers never touch MLflow:
+concurrent first writes to a sqlite store race, and a worker's cwd would become the artifact
+root.
+
+Seed runs are live: they are created at a configuration's first evaluation and receive each
+evaluation as the driver hears of it, so a long study can be watched seed by seed.
 
 Logging is idempotent so that a resumed study counts every configuration once: parent runs
-are keyed by configuration id, a parent is marked complete only after its children are
-logged, and a rerun of a complete configuration (a trial Ray replays after the driver was
-killed) is skipped. An incomplete parent's children are replaced.
+are keyed by configuration id and seed runs by (configuration, seed); each seed run records
+the last step it holds and only later steps are added, so a configuration trained again after
+a crash continues the same runs. A parent is marked complete only after its children are
+finished, and a rerun of a complete configuration (a trial Ray replays after the driver was
+killed) is skipped.
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ TRIAL_ID = "airsearch.trial_id"
 VARIED = "airsearch.varied"
 REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
+WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
+LAST_STEP = "airsearch.last_step"  # the last evaluation a seed run holds
+RUNNING = "running"  # a seed's outcome while its configuration trains
+# Opens the experiment in MLflow's training (runs) view, not the GenAI/traces one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+NAME_LIMIT = 200
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu_ids")  # where the configuration trained
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
 
@@ -63,6 +75,12 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
 
 
+def run_name(overrides: dict[str, Any]) -> str:
+    """A configuration's run name: what it changes (the whole of it), readable in the UI."""
+    text = ", ".join(f"{key}={value}" for key, value in overrides.items()) or "default recipe"
+    return text if len(text) <= NAME_LIMIT else text[:NAME_LIMIT - 3] + "..."
+
+
 class StudyTracker:
     """Reads and writes one study's experiment."""
 
@@ -72,12 +90,13 @@ class StudyTracker:
         self.name = spec.name
         self.client = MlflowClient(tracking_uri)
         self._parents: dict[str, str] = {}
+        self._seeds: dict[str, dict[int, list[Any]]] = {}  # cid -> seed -> [run id, last step]
         experiment = self.client.get_experiment_by_name(spec.name)
         tags = {STUDY: spec.name, "airsearch.mode": spec.mode, "airsearch.spec": spec.path,
                 "airsearch.storage": spec.storage, VARIED: ",".join(spec.varied),
                 "airsearch.trial_count": str(spec.trial_count),
                 "airsearch.seeds": str(len(spec.seeds)),
-                REFERENCE: spec.reference_id,
+                REFERENCE: spec.reference_id, EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                 "mlflow.note.content": spec.question or spec.name}
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
@@ -104,10 +123,11 @@ class StudyTracker:
             if found:
                 self._parents[cid] = found[0].info.run_id
             else:
-                run = self.client.create_run(self.experiment_id, run_name=f"config-{cid}", tags={
-                    KIND: "configuration", STUDY: self.spec.name, CONFIG_ID: cid,
-                    TRIAL_ID: trial_id, VARIED: ",".join(self.spec.varied),
-                    "airsearch.overrides": json.dumps(overrides, sort_keys=True)})
+                tags = {KIND: "configuration", STUDY: self.spec.name, CONFIG_ID: cid,
+                        TRIAL_ID: trial_id, VARIED: ",".join(self.spec.varied),
+                        "airsearch.overrides": json.dumps(overrides, sort_keys=True)}
+                run = self.client.create_run(self.experiment_id, run_name=run_name(overrides),
+                                             tags=tags)
                 params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
                 self.client.log_batch(run.info.run_id, params=params)
                 self._parents[cid] = run.info.run_id
@@ -130,6 +150,45 @@ class StudyTracker:
         metrics = [Metric(f"progress/{k}", float(result[k]), now, step)
                    for k in ("convergence_rate", "wilson_low", "wilson_high")]
         self.client.log_batch(parent.info.run_id, metrics=metrics)
+        runs = self.seed_runs(result["config_id"], parent, overrides)
+        for seed, row in result.get("per_seed", {}).items():
+            seed_run = runs[int(seed)]
+            if int(row["step"]) > seed_run[1]:
+                self._log_rows(seed_run, [row])
+
+    def seed_runs(self, cid: str, parent: Any, overrides: dict[str, Any]) -> dict[int, list[Any]]:
+        """The configuration's seed runs, found or created, as seed -> [run id, last step]."""
+        if cid not in self._seeds:
+            found = {int(run.data.tags[SEED]): [run.info.run_id,
+                                                int(run.data.tags.get(LAST_STEP, -1))]
+                     for run in self._runs(f"tags.`{MLFLOW_PARENT_RUN_ID}` = "
+                                           f"'{parent.info.run_id}'")}
+            params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
+            for seed in self.spec.seeds:
+                if seed in found:
+                    continue
+                run = self.client.create_run(
+                    self.experiment_id, run_name=f"{run_name(overrides)} / seed {seed}",
+                    tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id, KIND: "seed",
+                          STUDY: self.spec.name, CONFIG_ID: cid, SEED: str(seed),
+                          OUTCOME: RUNNING})
+                self.client.log_batch(run.info.run_id, params=[*params, Param("seed", str(seed))])
+                found[seed] = [run.info.run_id, -1]
+            self._seeds[cid] = found
+        return self._seeds[cid]
+
+    def _log_rows(self, seed_run: list[Any], rows: list[dict[str, float]]) -> None:
+        """Log evaluations on a seed run and move its mark to the latest one it holds."""
+        if not rows:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(row["step"])) for row in rows
+                   for key, value in row.items()
+                   if key not in ("step", "seed") and math.isfinite(value)]
+        for start in range(0, len(metrics), BATCH):
+            self.client.log_batch(seed_run[0], metrics=metrics[start:start + BATCH])
+        seed_run[1] = max(seed_run[1], *(int(row["step"]) for row in rows))
+        self.client.set_tag(seed_run[0], LAST_STEP, str(seed_run[1]))
 
     def log_final(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Log a finished configuration once; False when it was already complete."""
@@ -138,12 +197,11 @@ class StudyTracker:
         if parent.data.tags.get(COMPLETE) == "1":
             return False
         run_id = parent.info.run_id
-        for stale in self._runs(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'"):
-            self.client.delete_run(stale.info.run_id)
         seeds = json.loads(result["seeds_json"])
         figures = decode_artifacts(result["artifacts_json"])
+        runs = self.seed_runs(result["config_id"], parent, overrides)
         for rec in seeds:
-            self._log_seed(run_id, result["config_id"], rec, figures)
+            self._finish_seed(runs[int(rec["seed"])], rec, figures)
         counts = {name: sum(r["outcome"] == name for r in seeds) for name in ALL_OUTCOMES}
         steps = [r["steps_to_converge"] for r in seeds if r["steps_to_converge"] is not None]
         secs = [r["seconds_to_converge"] for r in seeds if r["seconds_to_converge"] is not None]
@@ -169,34 +227,32 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FAILED" if result["error"] else "FINISHED")
         return True
 
-    def _log_seed(self, parent_id: str, cid: str, rec: dict[str, Any],
-                  figures: dict[str, bytes]) -> None:
-        name = f"config-{cid}-seed-{rec['seed']}"
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={MLFLOW_PARENT_RUN_ID: parent_id, KIND: "seed",
-                                           STUDY: self.spec.name, CONFIG_ID: cid,
-                                           SEED: str(rec["seed"]), OUTCOME: rec["outcome"]})
+    def _finish_seed(self, seed_run: list[Any], rec: dict[str, Any],
+                     figures: dict[str, bytes]) -> None:
+        """Evaluations the live logging missed, the outcome, the figures; then the run ends.
+
+        Missed evaluations can lie before the mark: those a killed driver never heard of,
+        which the resumed configuration's history holds from its checkpoint.
+        """
+        run_id = seed_run[0]
+        logged = {m.step for m in self.client.get_metric_history(run_id, WALL)}
+        self._log_rows(seed_run, [row for row in rec["history"] if int(row["step"]) not in logged])
         now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, int(row["step"]))
-                   for row in rec["history"] for key, value in row.items()
-                   if key not in ("step", "seed") and math.isfinite(value)]
-        for key in ("steps_to_converge", "seconds_to_converge"):
-            if rec[key] is not None:
-                metrics.append(Metric(key, float(rec[key]), now, 0))
-        for start in range(0, len(metrics), BATCH):
-            self.client.log_batch(run.info.run_id, metrics=metrics[start:start + BATCH])
+        metrics = [Metric(key, float(rec[key]), now, 0)
+                   for key in ("steps_to_converge", "seconds_to_converge")
+                   if rec[key] is not None]
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(OUTCOME, rec["outcome"])])
         with tempfile.TemporaryDirectory() as tmp:
             confusion = Path(tmp) / "confusion.json"
             confusion.write_text(json.dumps({"rows_true_count": rec["confusion"],
                                              "final": rec["final"]}))
-            self.client.log_artifact(run.info.run_id, str(confusion))
+            self.client.log_artifact(run_id, str(confusion))
             for name, data in figures.items():  # the seed's figures sit in its figure's folder
                 if rec["figure"] and Path(name).parent == Path(rec["figure"]).parent:
                     figure = Path(tmp) / Path(name).name
                     figure.write_bytes(data)
-                    self.client.log_artifact(run.info.run_id, str(figure))
-        self.client.set_terminated(run.info.run_id,
-                                   "FAILED" if rec["outcome"] == ERROR else "FINISHED")
+                    self.client.log_artifact(run_id, str(figure))
+        self.client.set_terminated(run_id, "FAILED" if rec["outcome"] == ERROR else "FINISHED")
 
     def delete_all(self) -> int:
         """For --restart: the study's runs go, the experiment (and its id) stays."""

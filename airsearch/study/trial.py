@@ -73,7 +73,9 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     history: dict[int, list[dict[str, float]]] = {s: [] for s in spec.seeds}
 
     def on_eval(record: Any) -> None:
-        for row in record.per_seed:
+        # Rows as the seed's history holds them, so live and final logging agree.
+        rows = [{"step": record.step, "wall_s": record.wall_s, **row} for row in record.per_seed]
+        for row in rows:
             history[int(row["seed"])].append(row)
         rate = wilson(sum(_holds(rows, spec) for rows in history.values()), len(spec.seeds))
         accuracy = _mean(rows[-1].get(ACCURACY, math.nan) for rows in history.values()
@@ -81,7 +83,7 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
         tune.report({OBJECTIVE: spec.objective(rate.value, accuracy),
                      "convergence_rate": rate.value, "wilson_low": rate.low,
                      "wilson_high": rate.high, "step": record.step, "finished": 0,
-                     "per_seed": {str(int(row["seed"])): dict(row) for row in record.per_seed},
+                     "per_seed": {str(int(row["seed"])): row for row in rows},
                      **placement})
 
     try:
