@@ -119,6 +119,7 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
                for a in client.list_artifacts(s.info.run_id)]
     assert figures.count("reconstruction.png") == 4
     assert figures.count("attention.png") == 4
+    assert figures.count("confusion.png") == 4
     experiment = client.get_experiment_by_name(spec.name)
     assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()  # next to the DB
     table = json.loads(render(report, "json"))
@@ -139,7 +140,10 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     assert [r["fisher_p"] for r in csv_rows if r["is_reference"] == "1"] == [""]
     assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {
         "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md",
-        "rate_by_configuration.png", "seeds_eval_count_accuracy.png"}
+        "rate_by_configuration.png", "seeds_eval_count_accuracy.png",
+        "confusion_by_configuration.png"}
+    for row in report.rows:  # summed over seeds: every held-out image of every seed, once
+        assert sum(map(sum, row.confusion)) == row.n * 64
     write_report(uri, report, tmp_path / "report")  # taken twice: the same one report run
     reports = runs(uri, spec.name, "report")
     assert len(reports) == 1 and reports[0].info.status == "FINISHED"

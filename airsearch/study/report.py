@@ -26,12 +26,14 @@ from airsearch.study.tracking import (  # noqa: E402
     ALL_OUTCOMES,
     COMPLETE,
     CONFIG_ID,
+    CONFUSION,
     KIND,
     OUTCOME,
     REFERENCE,
     STUDY,
     VARIED,
 )
+from airsearch.training.figures import confusion_figure  # noqa: E402
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -57,6 +59,7 @@ class ConfigRow:
     mean_seconds_to_converge: float | None
     error: str
     vs_reference: Comparison | None = None  # this rate minus the reference's; None for itself
+    confusion: list[list[int]] | None = None  # true x inferred count, summed over its seeds
 
 
 @dataclass
@@ -146,7 +149,8 @@ def _row(run: Any) -> ConfigRow:
                   if m.get(f"outcome/{o}", 0)},
         mean_steps_to_converge=m.get("mean_steps_to_converge"),
         mean_seconds_to_converge=m.get("mean_seconds_to_converge"),
-        error=tags.get("airsearch.error", "").split("\n")[0])
+        error=tags.get("airsearch.error", "").split("\n")[0],
+        confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None)
 
 
 def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
@@ -337,9 +341,8 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
             outcome = run.data.tags.get(OUTCOME, "error")
             ax.plot([m.step for m in history], [m.value for m in history], lw=1,
                     color=OUTCOME_COLOURS.get(outcome, "grey"), label=outcome)
-        title = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row.values.items())
-        ax.set_title(textwrap.fill((title or "(fixed config)") + (" [ref]" if row is ref
-                                                                   else ""), 60), fontsize=6)
+        ax.set_title(textwrap.fill(_title(row) + (" [ref]" if row is ref else ""), 60),
+                     fontsize=6)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
@@ -354,6 +357,23 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_confusions(report: StudyReport, out_dir: Path) -> Path | None:
+    """Each configuration's count confusion matrix over all its seeds (reference first)."""
+    ref = report.reference_row
+    rows = [r for r in ([ref] if ref else []) + [r for r in report.rows if r is not ref]
+            if r.confusion]
+    if not rows:
+        return None
+    titles = [textwrap.fill(_title(row) + (" [ref]" if row is ref else ""), 40) for row in rows]
+    return confusion_figure([row.confusion for row in rows], titles,
+                            out_dir / "confusion_by_configuration.png")
+
+
+def _title(row: ConfigRow) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row.values.items()) or \
+        "(fixed config)"
 
 
 def _ranks(x: list[float]) -> list[int]:
@@ -396,7 +416,7 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
     """Write the tables and plots to out_dir and log them on the study's report run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = plot_rates(report, out_dir)
-    figures = [plot_configurations(report, out_dir)] + [
+    figures = [plot_configurations(report, out_dir), plot_confusions(report, out_dir)] + [
         plot_seed_curves(tracking_uri, report, metric, out_dir) for metric in CURVES]
     paths += [path for path in figures if path is not None]
     importance = plot_importances(report, out_dir)

@@ -48,6 +48,7 @@ TRIAL_ID = "airsearch.trial_id"
 VARIED = "airsearch.varied"
 REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
+CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds
 WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
 LAST_STEP = "airsearch.last_step"  # the last evaluation a seed run holds
 RUNNING = "running"  # a seed's outcome while its configuration trains
@@ -221,6 +222,11 @@ class StudyTracker:
                   if result.get(key) not in (None, ""))]
         if result["error"]:
             tags.append(RunTag("airsearch.error", result["error"][:7000]))
+        matrices = [rec["confusion"] for rec in seeds if rec["confusion"]]
+        if matrices:
+            total = [[sum(m[i][j] for m in matrices) for j in range(len(matrices[0][0]))]
+                     for i in range(len(matrices[0]))]
+            tags.append(RunTag(CONFUSION, json.dumps(total)))
         if result.get("resumed_from_step"):
             tags.append(RunTag("airsearch.resumed_from_step", str(result["resumed_from_step"])))
         self.client.log_batch(run_id, tags=tags)

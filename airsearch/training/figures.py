@@ -57,14 +57,48 @@ def attention_figure(centres: np.ndarray, present: np.ndarray, canvas_size: int,
         xy = xy[np.isfinite(xy).all(-1)]
         hist, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=bins,
                                     range=[[0, canvas_size], [0, canvas_size]])
-        ax.imshow(hist, cmap="magma", extent=(0, canvas_size, canvas_size, 0))
+        shown = ax.imshow(hist, cmap="magma", extent=(0, canvas_size, canvas_size, 0))
         ax.set_title(f"step {k + 1}: {len(xy)} of {len(present)}", fontsize=8,
                      color=STEP_COLOURS[k % len(STEP_COLOURS)])
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xlabel("x (px)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        if k == 0:
+            ax.set_ylabel("y (px)", fontsize=7)
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label("images", fontsize=6)
+        bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(confusions: list[list[list[int]]], titles: list[str], path: Path) -> Path:
+    """Count confusion matrices (rows: true count, columns: inferred), one panel each, with
+    each cell's share of its row, so a collapse to zero shows as a bright first column."""
+    n = len(confusions)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows), squeeze=False)
+    for ax, matrix, title in zip(axes.flat, confusions, titles, strict=False):
+        counts = np.asarray(matrix, dtype=float)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(share):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if value > 0.5 else "black")
+        ax.set_xticks(range(counts.shape[1]))
+        ax.set_yticks(range(counts.shape[0]))
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("inferred count", fontsize=7)
+        ax.set_ylabel("true count", fontsize=7)
+        ax.set_title(title, fontsize=7)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

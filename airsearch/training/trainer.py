@@ -43,7 +43,11 @@ from airsearch.training.checkpoint import (
     trim_metrics,
 )
 from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
-from airsearch.training.figures import attention_figure, reconstruction_figure
+from airsearch.training.figures import (
+    attention_figure,
+    confusion_figure,
+    reconstruction_figure,
+)
 from airsearch.training.localisation import Localisation, localise
 from airsearch.training.optim import (
     ReplicaGuard,
@@ -345,6 +349,9 @@ def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> l
             attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
                              model.canvas, f"seed {seed}: where each step attends (held-out)",
                              out / f"seed_{seed}" / "attention.png")
+            confusion_figure([last_eval.confusion[r].tolist()],
+                             [f"seed {seed}: counts on held-out images"],
+                             out / f"seed_{seed}" / "confusion.png")
     return _seed_results(config, seeds, last_eval, progress, mean_true, figures)
 
 
