@@ -306,6 +306,7 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
                             timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming resume" in second.stdout
+    assert "ray dashboard: http://" in second.stdout  # ray[default]: the dashboard runs
     check_structure(uri, spec, 5)
     trials = ray.tune.ExperimentAnalysis(str(runner.ray_path(spec))).trials
     finished = [t.last_result["config_id"] for t in trials if t.last_result.get("finished")]

@@ -140,7 +140,9 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
                 click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
         click.echo("\n".join(line for line in plan(spec, uri, max_concurrent).splitlines()
                               if line.startswith(("results:", "tracking:", "optuna storage:"))))
-        started = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+        started, dashboard = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+        if dashboard:
+            click.echo(f"ray dashboard: {dashboard}")
     except preflight.PreflightError as exc:
         raise click.ClickException(str(exc)) from None
     import ray

@@ -59,22 +59,28 @@ def ray_path(spec: StudySpec) -> Path:
 
 
 def start_ray(address: str | None, num_cpus: int | None = None,
-              num_gpus: int | None = None) -> bool:
-    """Join `address` or start a fresh local runtime; False if Ray was already initialised."""
+              num_gpus: int | None = None) -> tuple[bool, str]:
+    """Join `address` or start a fresh local runtime.
+
+    Returns whether this call started Ray (False if it was already initialised) and the
+    dashboard's URL ('' when there is none).
+    """
     if ray.is_initialized():
-        return False
+        return False, ""
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
     env.update({k: str(Path(os.environ[k]).resolve()) for k in FORWARDED_ENV if k in os.environ})
     if address in (None, "local"):
         # "local" always starts a fresh runtime, even next to a killed head's leftovers.
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                 runtime_env={"env_vars": env}, log_to_driver=False)
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                           runtime_env={"env_vars": env}, log_to_driver=False)
     else:
         try:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+            context = ray.init(address=address, runtime_env={"env_vars": env},
+                               log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 -- Ray raises several types for one cause
             raise join_error(address, exc) from None
-    return True
+    url = context.dashboard_url or ""
+    return True, (url if not url or url.startswith("http") else f"http://{url}")
 
 
 def has_results(spec: StudySpec) -> bool:
@@ -145,7 +151,8 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
                            MlflowCallback(tracking_uri, spec),
-                           ProgressCallback(spec.name, spec.trial_count, show_progress)]))
+                           ProgressCallback(spec.name, spec.trial_count, spec.steps,
+                                            show_progress)]))
     grid = tuner.fit()
     results = [result.metrics or {} for result in grid]
     finished = [m for m in results if m.get("finished")]
@@ -156,13 +163,17 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
 
 
 class ProgressCallback(tune.Callback):
-    """One live line on the driver: trials done/running and the best rate so far."""
+    """One live line on the driver (trials, training steps done of all, ETA, best rate so
+    far), and each failed configuration's error, as it happens."""
 
-    def __init__(self, name: str, expected: int, enabled: bool) -> None:
+    def __init__(self, name: str, expected: int, steps: int, enabled: bool) -> None:
         self.name = name
         self.expected = expected
+        self.steps = steps
         self.enabled = enabled
         self.best: tuple[float, str] = (-1.0, "")
+        self.reached: dict[str, int] = {}  # trial id -> training steps done
+        self.first: tuple[float, int] | None = None  # (time, steps) when this launch first heard
 
     def _show(self, trials: list, final: bool) -> None:
         if not self.enabled:
@@ -170,24 +181,44 @@ class ProgressCallback(tune.Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         best = (f"best {self.best[1]}" if self.best[0] >= 0 else "best -")
-        line = f"[{self.name}] trials {done}/{self.expected} done, {running} running, {best}"
+        line = (f"[{self.name}] trials {done}/{self.expected} done, {running} running, "
+                f"{self._steps_and_eta(len(trials))}, {best}")
         tty = sys.stderr.isatty()
         if tty or final:
             sys.stderr.write(("\r" if tty else "") + line + ("\n" if not tty else ""))
             sys.stderr.flush()
 
+    def _steps_and_eta(self, trials: int) -> str:
+        """Steps of all configurations (the ones Ray holds, at least the study's count)."""
+        total = self.steps * max(self.expected, trials)
+        reached = sum(self.reached.values())
+        text = f"steps {reached:,}/{total:,}"
+        if self.first is not None and reached > self.first[1]:
+            rate = (reached - self.first[1]) / (time.time() - self.first[0])
+            text += f", ETA {(total - reached) / rate / 60:.0f} min"
+        return text
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        self.reached[trial.trial_id] = self.steps if result.get("finished") else int(
+            result.get("step", 0))
+        if self.first is None:
+            self.first = (time.time(), sum(self.reached.values()))
         if result.get("finished") and result[OBJECTIVE] > self.best[0]:
             rate = (f"{result['converged']}/{result['seeds_done']} converged "
                     f"(config {result['config_id']})")
             self.best = (result[OBJECTIVE], rate)
+        if result.get("finished") and result.get("error"):
+            sys.stderr.write(f"\n[{self.name}] configuration {result['config_id']} failed: "
+                             f"{result['error'].splitlines()[0]}\n")
         self._show(trials, final=False)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._show(trials, final=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        sys.stderr.write(f"\n[{self.name}] trial {trial.trial_id} died (Ray: {trial.error_file}"
+                         ")\n")
         self._show(trials, final=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
