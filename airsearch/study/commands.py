@@ -30,6 +30,15 @@ def _existing_tracking(option: str | None) -> str:
     return uri
 
 
+def _mlflow_view(uri: str, experiment_id: str) -> str:
+    from airsearch.study.tracking import runs_view_url
+
+    url = runs_view_url(uri, experiment_id)
+    if uri.startswith(("http://", "https://")):
+        return f"mlflow view: {url}"
+    return f"mlflow view: {url} (after: mlflow ui --backend-store-uri {uri})"
+
+
 @click.group()
 def study() -> None:
     """Convergence-rate studies: many configurations x seeds on Ray Tune, logged to MLflow.
@@ -122,6 +131,7 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
         return
     from airsearch.study import preflight, runner
     from airsearch.study.report import load_report, render
+    from airsearch.study.tracking import StudyTracker
 
     try:
         preflight.check_tracking(uri)
@@ -140,6 +150,7 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
                 click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
         click.echo("\n".join(line for line in plan(spec, uri, max_concurrent).splitlines()
                               if line.startswith(("results:", "tracking:", "optuna storage:"))))
+        click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
         started, dashboard = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
         if dashboard:
             click.echo(f"ray dashboard: {dashboard}")
@@ -252,3 +263,7 @@ def report(name: str, fmt: str, tracking_uri: str | None, out: str | None) -> No
     folder = Path(out) if out else Path(result.storage or os.getcwd()) / "report"
     paths = write_report(uri, result, folder)
     click.echo(f"wrote {len(paths)} files to {folder}", err=True)
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(uri).get_experiment_by_name(name)
+    click.echo(_mlflow_view(uri, experiment.experiment_id), err=True)

@@ -1,0 +1,80 @@
+"""What a researcher sees: a real MLflow UI, driven by headless Chromium, opens a finished
+study's saved view in the runs table with every configuration and its convergence rate."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from airsearch.study import runner
+from airsearch.study.spec import load_spec
+from airsearch.study.tracking import run_name, runs_view_url
+
+pytestmark = pytest.mark.slow
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,
+        "model.mlp_width": 32, "model.mlp_depth": 1, "model.z_what_size": 8,
+        "model.glimpse_size": 10, "train.batch_size": 16}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dom(url: str) -> str:
+    """The page as Chromium renders it after its scripts have run."""
+    return subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--window-size=1600,1000", "--virtual-time-budget=30000",
+                           "--dump-dom", url], capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt-get install chromium)")
+def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path) -> None:
+    doc = {"name": "ui", "config": TINY, "seeds": 1, "training": {"steps": 20, "eval_every": 10},
+           "convergence": {"threshold": 0.3, "hold": 1},
+           "search": {"mode": "grid", "space": {"init.decoder_bias": [-2.0, 0.0]}},
+           "storage": str(tmp_path / "runs" / "ui"), "max_concurrent": 2}
+    (tmp_path / "ui.yaml").write_text("# browser test study\n" + yaml.safe_dump(doc))
+    spec = load_spec(tmp_path / "ui.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ray.init(address="local", num_cpus=2, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    try:
+        assert runner.launch(spec, uri, show_progress=False).finished == 2
+    finally:
+        ray.shutdown()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(1)
+        experiment = MlflowClient(uri).get_experiment_by_name("ui")
+        page = dom(runs_view_url(f"http://127.0.0.1:{port}", experiment.experiment_id))
+        assert "convergence rates" in page  # the saved view is the one open
+        assert "convergence_rate" in page and "Error loading shared view" not in page
+        for overrides in spec.configurations():
+            assert run_name(overrides) in page
+        assert "/ seed 0" not in page  # seed runs are filtered out of this view
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
