@@ -59,7 +59,7 @@ NAME_LIMIT = 200
 # with their rates, best first, instead of ~100 hidden columns; opened by `runs_view_url`.
 RATES_VIEW = "airsearch-rates"
 RATE_COLUMNS = ("convergence_rate", "wilson_low", "wilson_high", "converged", "seeds_done",
-                *(f"outcome/{name}" for name in ALL_OUTCOMES), "progress/convergence_rate")
+                "progress/convergence_rate")
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu_ids")  # where the configuration trained
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
 
