@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import click
 import torch
+from speed import matmul_floor, median_seconds, phase_flops
 
 from airsearch.config import AIRConfig, parse_assignments
 from airsearch.data import load_datasets
-from airsearch.training.speed import matmul_floor, median_seconds, phase_flops
 from airsearch.training.trainer import ReplicaStep
 
 

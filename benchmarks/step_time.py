@@ -24,9 +24,9 @@ import os
 import statistics
 
 import click
+from speed import time_step, time_steps_side_by_side
 
 from airsearch.config import AIRConfig, parse_assignments
-from airsearch.training.speed import time_step, time_steps_side_by_side
 
 
 @click.command()

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from airsearch.config import AIRConfig, ConfigError
-from airsearch.diagnostics.gradients import classify, gradient_variance
 from airsearch.model import estimators
 from airsearch.model.air import AIR
 from airsearch.model.distributions import NumSteps
+from airsearch.training.gradient_variance import classify, gradient_variance
 from airsearch.training.trainer import ReplicaStep
 
 SAMPLES, CHUNKS = 200_000, 50

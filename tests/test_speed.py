@@ -10,14 +10,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
-from airsearch.training.speed import (
+from airsearch.training.trainer import ReplicaStep
+from benchmarks.speed import (
     TensorLayout,
     interleaved_seconds,
     phase_flops,
     step_matmuls,
     time_steps_side_by_side,
 )
-from airsearch.training.trainer import ReplicaStep
 
 TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 32,
         "model.mlp_width": 32, "model.mlp_depth": 1, "model.z_what_size": 8,

@@ -51,9 +51,9 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
     import torch
 
     from airsearch.data import load_datasets
-    from airsearch.diagnostics.gradients import gradient_variance
     from airsearch.model.air import AIR
     from airsearch.model.schedules import z_pres_prior_logit
+    from airsearch.training.gradient_variance import gradient_variance
     from airsearch.training.trainer import ReplicaStep
 
     kinds = [k.strip() for k in estimators.split(",") if k.strip()]

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from airsearch.config import AIRConfig
 from airsearch.data import MultiMNIST, load_datasets
-from airsearch.diagnostics.gradients import gradient_variance
 from airsearch.model.air import AIR, LossTerms, Noise
 from airsearch.model.schedules import z_pres_prior_logit
 from airsearch.model.spatial import box_pixels
@@ -48,6 +47,7 @@ from airsearch.training.figures import (
     confusion_figure,
     reconstruction_figure,
 )
+from airsearch.training.gradient_variance import gradient_variance
 from airsearch.training.localisation import Localisation, localise
 from airsearch.training.optim import (
     ReplicaGuard,
