@@ -191,11 +191,13 @@ def test_diverged_seeds_do_not_break_ties(tmp_path: Path) -> None:
     """All-diverged seeds (frozen weights at 0.9 accuracy) rank below over-counting ones
     (0.5): a diverged seed's accuracy is not a result."""
     from airsearch.study.trial import final_metrics
+    from airsearch.training.records import SeedRecord
 
     spec = load_spec(write(tmp_path, GOOD))
 
     def objective(outcome: str, accuracy: float) -> float:
-        seeds = [{"seed": s, "outcome": outcome, "final": {"eval/count_accuracy": accuracy}}
+        seeds = [SeedRecord(seed=s, outcome=outcome, final={"eval/count_accuracy": accuracy},
+                            steps_to_converge=None, seconds_to_converge=None, confusion=[])
                  for s in spec.seeds]
         return final_metrics(spec, {}, seeds, "", {}, {})["objective"]
 

@@ -35,8 +35,9 @@ from ray import tune
 from airsearch.config import ConfigError
 from airsearch.study.space import overrides_from_params
 from airsearch.study.spec import StudySpec
-from airsearch.study.trial import ERROR, decode_artifacts
-from airsearch.training.outcomes import OUTCOMES
+from airsearch.study.trial import decode_artifacts, seeds_of
+from airsearch.training.outcomes import ERROR, OUTCOMES
+from airsearch.training.records import SeedRecord
 
 STUDY = "airsearch.study"
 KIND = "airsearch.kind"
@@ -223,14 +224,14 @@ class StudyTracker:
         if parent.data.tags.get(COMPLETE) == "1":
             return False
         run_id = parent.info.run_id
-        seeds = json.loads(result["seeds_json"])
+        seeds = seeds_of(result)
         figures = decode_artifacts(result["artifacts_json"])
         runs = self.seed_runs(result["config_id"], parent, overrides)
         for rec in seeds:
-            self._finish_seed(runs[int(rec["seed"])], rec, figures)
-        counts = {name: sum(r["outcome"] == name for r in seeds) for name in ALL_OUTCOMES}
-        steps = [r["steps_to_converge"] for r in seeds if r["steps_to_converge"] is not None]
-        secs = [r["seconds_to_converge"] for r in seeds if r["seconds_to_converge"] is not None]
+            self._finish_seed(runs[rec.seed], rec, figures)
+        counts = {name: sum(r.outcome == name for r in seeds) for name in ALL_OUTCOMES}
+        steps = [r.steps_to_converge for r in seeds if r.steps_to_converge is not None]
+        secs = [r.seconds_to_converge for r in seeds if r.seconds_to_converge is not None]
         values = {"convergence_rate": result["convergence_rate"],
                   "wilson_low": result["wilson_low"], "wilson_high": result["wilson_high"],
                   "objective": result["objective"], "seeds_done": result["seeds_done"],
@@ -247,7 +248,7 @@ class StudyTracker:
                   if result.get(key) not in (None, ""))]
         if result["error"]:
             tags.append(RunTag("airsearch.error", result["error"][:7000]))
-        matrices = [rec["confusion"] for rec in seeds if rec["confusion"]]
+        matrices = [rec.confusion for rec in seeds if rec.confusion]
         if matrices:
             total = [[sum(m[i][j] for m in matrices) for j in range(len(matrices[0][0]))]
                      for i in range(len(matrices[0]))]
@@ -258,7 +259,7 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FAILED" if result["error"] else "FINISHED")
         return True
 
-    def _finish_seed(self, seed_run: list[Any], rec: dict[str, Any],
+    def _finish_seed(self, seed_run: list[Any], rec: SeedRecord,
                      figures: dict[str, bytes]) -> None:
         """Evaluations the live logging missed, the outcome, the figures; then the run ends.
 
@@ -267,23 +268,24 @@ class StudyTracker:
         """
         run_id = seed_run[0]
         logged = {m.step for m in self.client.get_metric_history(run_id, WALL)}
-        self._log_rows(seed_run, [row for row in rec["history"] if int(row["step"]) not in logged])
+        self._log_rows(seed_run, [row for row in rec.history if int(row["step"]) not in logged])
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(rec[key]), now, 0)
-                   for key in ("steps_to_converge", "seconds_to_converge")
-                   if rec[key] is not None]
-        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(OUTCOME, rec["outcome"])])
+        metrics = [Metric(key, float(value), now, 0)
+                   for key, value in (("steps_to_converge", rec.steps_to_converge),
+                                      ("seconds_to_converge", rec.seconds_to_converge))
+                   if value is not None]
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(OUTCOME, rec.outcome)])
         with tempfile.TemporaryDirectory() as tmp:
             confusion = Path(tmp) / "confusion.json"
-            confusion.write_text(json.dumps({"rows_true_count": rec["confusion"],
-                                             "final": rec["final"]}))
+            confusion.write_text(json.dumps({"rows_true_count": rec.confusion,
+                                             "final": rec.final}))
             self.client.log_artifact(run_id, str(confusion))
             for name, data in figures.items():  # the seed's figures sit in its figure's folder
-                if rec["figure"] and Path(name).parent == Path(rec["figure"]).parent:
+                if rec.figure_path and Path(name).parent == Path(rec.figure_path).parent:
                     figure = Path(tmp) / Path(name).name
                     figure.write_bytes(data)
                     self.client.log_artifact(run_id, str(figure))
-        self.client.set_terminated(run_id, "FAILED" if rec["outcome"] == ERROR else "FINISHED")
+        self.client.set_terminated(run_id, "FAILED" if rec.outcome == ERROR else "FINISHED")
 
     def delete_all(self) -> int:
         """For --restart: the study's runs go, the experiment (and its id) stays."""

@@ -28,6 +28,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,8 @@ from airsearch.training.checkpoint import (
     set_aside,
 )
 from airsearch.training.outcomes import converged
+from airsearch.training.records import SeedRecord, rate_of
 
-ERROR = "error"
 ACCURACY = "eval/count_accuracy"
 TRIALS_DIR = "trials"
 LOCK = ".lock"
@@ -99,15 +100,16 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
                     history[seed] = list(rows)
             summary = train_seeds(config, spec.seeds, out_dir=out, on_eval=on_eval,
                                   device=device, progress=False, resume=resume)
-            seeds = [_seed_record(result, out) for result in summary.seeds]
-            # Every figure of a seed's folder: reconstruction.png, attention.png.
-            artifacts = {str(png.relative_to(out)): _b64(png) for rec in seeds if rec["figure"]
-                         for png in sorted((out / rec["figure"]).parent.glob("*.png"))}
+            seeds = [_relative_figure(record, out) for record in summary.seeds]
+            # Every figure of a seed's folder: reconstruction, attention, confusion.
+            artifacts = {str(png.relative_to(out)): _b64(png) for rec in seeds
+                         if rec.figure_path
+                         for png in sorted((out / rec.figure_path).parent.glob("*.png"))}
             (out / CHECKPOINT).unlink(missing_ok=True)  # reported; the weights are not kept
         error = ""
     except Exception as exc:  # noqa: BLE001 -- a failed configuration is a result, not a crash
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-        seeds = [_error_record(s) for s in spec.seeds]
+        seeds = [SeedRecord.error(s) for s in spec.seeds]
         artifacts = {}
     tune.report(final_metrics(spec, overrides, seeds, error, artifacts,
                               {**placement, "ended_at": time.time()}))
@@ -157,48 +159,34 @@ def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
     return None
 
 
-def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[dict[str, Any]],
+def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[SeedRecord],
                   error: str, artifacts: dict[str, str], placement: dict[str, Any]
                   ) -> dict[str, Any]:
     """The trial's last report: the rate, and per-seed records as JSON strings (not flattened)."""
-    k = sum(rec["outcome"] == "converged" for rec in seeds)
-    rate = wilson(k, len(seeds))
+    rate = rate_of(seeds)
     # A diverged seed's accuracy is that of frozen, broken weights: it must not rank anything.
-    accuracy = _mean(rec["final"].get(ACCURACY, math.nan) for rec in seeds
-                     if rec["outcome"] != "diverged")
+    accuracy = _mean(rec.final.get(ACCURACY, math.nan) for rec in seeds
+                     if rec.outcome != "diverged")
     return {OBJECTIVE: spec.objective(rate.value, accuracy), "convergence_rate": rate.value,
-            "wilson_low": rate.low, "wilson_high": rate.high, "converged": k,
-            "seeds_done": len(seeds), "finished": 1, "error": error,
+            "wilson_low": rate.low, "wilson_high": rate.high, "converged": rate.k,
+            "seeds_done": rate.n, "finished": 1, "error": error,
             "overrides_json": json.dumps(overrides, sort_keys=True),
-            "seeds_json": json.dumps(seeds), "artifacts_json": json.dumps(artifacts),
-            **placement}
+            "seeds_json": json.dumps([rec.to_json() for rec in seeds]),
+            "artifacts_json": json.dumps(artifacts), **placement}
 
 
-def _seed_record(result: Any, out_dir: Path) -> dict[str, Any]:
+def _relative_figure(record: SeedRecord, out_dir: Path) -> SeedRecord:
+    """The record as shipped: its figure path relative to the configuration's folder."""
     figure = None
-    if result.figure_path and Path(result.figure_path).exists():
-        figure = str(Path(result.figure_path).resolve().relative_to(out_dir.resolve()))
-    return {"seed": int(result.seed), "outcome": result.outcome, "final": _floats(result.final),
-            "steps_to_converge": result.steps_to_converge,
-            "seconds_to_converge": result.seconds_to_converge,
-            "confusion": result.confusion, "history": [_floats(h) for h in result.history],
-            "figure": figure}
-
-
-def _error_record(seed: int) -> dict[str, Any]:
-    return {"seed": seed, "outcome": ERROR, "final": {}, "steps_to_converge": None,
-            "seconds_to_converge": None, "confusion": [], "history": [], "figure": None}
+    if record.figure_path and Path(record.figure_path).exists():
+        figure = str(Path(record.figure_path).resolve().relative_to(out_dir.resolve()))
+    return replace(record, figure_path=figure)
 
 
 def _holds(rows: list[dict[str, float]], spec: StudySpec) -> bool:
     """The study's convergence rule applied to the evaluations seen so far."""
     accuracies = [r.get(ACCURACY, 0.0) for r in rows]
     return converged(accuracies, spec.threshold, spec.hold) and not rows[-1].get("diverged", 0)
-
-
-def _floats(metrics: dict[str, Any]) -> dict[str, float]:
-    """Numeric metrics as floats; NaN of a diverged seed survives the JSON round trip."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def _mean(values: Any) -> float:
@@ -215,5 +203,6 @@ def decode_artifacts(artifacts_json: str) -> dict[str, bytes]:
     return {name: base64.b64decode(data) for name, data in json.loads(artifacts_json).items()}
 
 
-def seeds_of(result: dict[str, Any]) -> Sequence[dict[str, Any]]:
-    return json.loads(result["seeds_json"])
+def seeds_of(result: dict[str, Any]) -> list[SeedRecord]:
+    """The seed records inside a trial's final report."""
+    return [SeedRecord.from_json(data) for data in json.loads(result["seeds_json"])]

@@ -29,7 +29,6 @@ from airsearch.data import MultiMNIST, load_datasets
 from airsearch.model.air import AIR, LossTerms, Noise
 from airsearch.model.schedules import z_pres_prior_logit
 from airsearch.model.spatial import box_pixels
-from airsearch.stats import Rate, wilson
 from airsearch.training import outcomes
 from airsearch.training.checkpoint import (
     Checkpoint,
@@ -56,51 +55,11 @@ from airsearch.training.optim import (
     learning_rate_factor,
     set_learning_rates,
 )
+from airsearch.training.records import EvalRecord, RunSummary, SeedRecord, rate_of
 
 DATA_STREAM, NOISE_STREAM = 1, 2  # per-seed generator streams, apart from the init stream
 FIGURE_IMAGES = 8
 GRAD_VAR_SAMPLES = 8  # gradient estimates per logged diag/grad_var_* (a cheap, noisy number)
-
-
-@dataclass
-class EvalRecord:
-    """Handed to `on_eval` after every held-out evaluation."""
-
-    step: int
-    wall_s: float
-    per_seed: list[dict[str, float]]
-
-
-@dataclass
-class SeedResult:
-    seed: int
-    outcome: str
-    final: dict[str, float]
-    steps_to_converge: int | None
-    seconds_to_converge: float | None
-    confusion: list[list[int]]
-    history: list[dict[str, float]] = field(default_factory=list)
-    figure_path: str | None = None
-    diverged_at_step: int | None = None
-
-
-@dataclass
-class RunSummary:
-    config: dict[str, Any]
-    data: dict[str, Any]
-    seeds: list[SeedResult]
-    rate: Rate
-    outcome_counts: dict[str, int]
-    steps: int
-    wall_s: float
-    status: str = "finished"
-    git_commit: str = "unknown"
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["rate"] = {"k": self.rate.k, "n": self.rate.n, "value": self.rate.value,
-                       "wilson_low": self.rate.low, "wilson_high": self.rate.high}
-        return out
 
 
 def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None = None,
@@ -136,7 +95,7 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
     chunks: list[tuple[list[int], Checkpoint | None]] = []
     todo = seeds
     if resume is not None:
-        run.finished = [SeedResult(**fields) for fields in resume.finished]
+        run.finished = [SeedRecord(**fields) for fields in resume.finished]
         if out is not None:
             trim_metrics(out, resume)
         chunks.append((resume.seeds, resume))
@@ -164,7 +123,7 @@ class _Run:
     show_progress: bool
     start: float  # perf_counter at the start; a resumed run's is earlier by its recorded seconds
     data_info: dict[str, Any]
-    finished: list[SeedResult] = field(default_factory=list)  # the chunks done so far
+    finished: list[SeedRecord] = field(default_factory=list)  # the chunks done so far
 
 
 def replicas_that_fit(config: AIRConfig, device: torch.device) -> int:
@@ -265,7 +224,7 @@ class ReplicaStep:
         return newly
 
 
-def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> list[SeedResult]:
+def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> list[SeedRecord]:
     config, out = run.config, run.out
     tc, R = config.train, len(seeds)
     trainer = ReplicaStep(config, seeds, torch.from_numpy(run.train.images).to(run.device))
@@ -371,7 +330,7 @@ def _accuracies(history: list[dict[str, float]]) -> list[float]:
 
 def _seed_results(config: AIRConfig, seeds: list[int], last: Evaluation | None,
                   progress: Progress, mean_true: float, figures: list[str | None] | None
-                  ) -> list[SeedResult]:
+                  ) -> list[SeedRecord]:
     results = []
     for r, seed in enumerate(seeds):
         history, diverged_at = progress.histories[r], progress.diverged_at[r]
@@ -387,7 +346,7 @@ def _seed_results(config: AIRConfig, seeds: list[int], last: Evaluation | None,
             final = {k: v for k, v in history[-1].items() if k not in ("step", "wall_s")}
             confusion = last.confusion[r].tolist()
         hit = progress.converged_at[r]
-        results.append(SeedResult(
+        results.append(SeedRecord(
             seed=seed, outcome=outcome, final=final,
             steps_to_converge=hit[0] if hit and outcome == "converged" else None,
             seconds_to_converge=hit[1] if hit and outcome == "converged" else None,
@@ -396,13 +355,13 @@ def _seed_results(config: AIRConfig, seeds: list[int], last: Evaluation | None,
     return results
 
 
-def _summary(config: AIRConfig, data: dict[str, Any], results: list[SeedResult], wall: float,
+def _summary(config: AIRConfig, data: dict[str, Any], results: list[SeedRecord], wall: float,
              status: str, out: Path | None) -> RunSummary:
     counts = {name: 0 for name in outcomes.OUTCOMES}
     for result in results:
         counts[result.outcome] += 1
     summary = RunSummary(config=config.to_flat(), data=data, seeds=results,
-                         rate=wilson(counts["converged"], len(results)), outcome_counts=counts,
+                         rate=rate_of(results), outcome_counts=counts,
                          steps=config.train.steps, wall_s=wall, status=status,
                          git_commit=_git_commit())
     if out is not None:
