@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import struct
-import tempfile
 import urllib.request
 import warnings
 from collections.abc import Mapping
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from airsearch.atomic import atomic_write
 
 logger = logging.getLogger("airsearch.data")
 
@@ -111,19 +112,15 @@ def fetch_mnist(target_dir: Path | None = None, base_url: str = MIRROR,
             continue
         url = base_url.rstrip("/") + "/" + name
         logger.info("downloading %s", url)
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-            actual = _md5(Path(tmp))
-            if actual != expected:
+        digest = hashlib.md5()
+        with atomic_write(path) as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            while block := resp.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+            if digest.hexdigest() != expected:  # raised inside: the partial file is deleted
                 raise ChecksumError(f"{name} from {url}: checksum mismatch, expected MD5 "
-                                    f"{expected}, got {actual}; the file was deleted")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+                                    f"{expected}, got {digest.hexdigest()}; the file was "
+                                    "deleted")
     return target
 
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from airsearch.atomic import atomic_write
 from airsearch.config import ConfigError, DataConfig, check_value
 from airsearch.data.mnist import Digits, cache_dir, load_digits
 
@@ -231,15 +231,7 @@ def _read(path: os.PathLike) -> tuple[MultiMNIST, MultiMNIST]:
 
 def _write(path: os.PathLike, train: MultiMNIST, heldout: MultiMNIST) -> None:
     """Atomic write: concurrent workers generating the same set never see a partial file."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     arrays = {f"{split}_{name}": getattr(data, name)
               for split, data in (("train", train), ("heldout", heldout)) for name in ARRAYS}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)

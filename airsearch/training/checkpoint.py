@@ -14,7 +14,6 @@ to the other's, and a checkpoint worth resuming overwritten.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from airsearch.atomic import atomic_write
 from airsearch.config import AIRConfig
 from airsearch.training.optim import learning_rate_factor
 
@@ -116,12 +116,11 @@ def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
     weights (`diagnose gradients --checkpoint`).
     """
     c = checkpoint  # fields one by one: asdict would deep-copy every tensor of the state
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save({"format": FORMAT, "model": c.state["model"], "step": c.step, "trainer": c.state,
-                "config": c.config, "all_seeds": c.all_seeds, "data": c.data,
-                "finished": c.finished, "seeds": c.seeds, "wall_s": c.wall_s,
-                "progress": asdict(c.progress)}, tmp)
-    os.replace(tmp, out / CHECKPOINT)
+    with atomic_write(out / CHECKPOINT) as f:
+        torch.save({"format": FORMAT, "model": c.state["model"], "step": c.step,
+                    "trainer": c.state, "config": c.config, "all_seeds": c.all_seeds,
+                    "data": c.data, "finished": c.finished, "seeds": c.seeds,
+                    "wall_s": c.wall_s, "progress": asdict(c.progress)}, f)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
@@ -177,9 +176,8 @@ def trim_metrics(out: Path, checkpoint: Checkpoint) -> None:
     kept = [line for line in path.read_text().splitlines()
             if (row := json.loads(line))["seed"] in finished
             or (row["seed"] in chunk and row["step"] <= checkpoint.step)]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write("".join(line + "\n" for line in kept).encode())
 
 
 def check_fresh_folder(out: Path) -> None:

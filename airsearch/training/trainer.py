@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from airsearch.atomic import atomic_write
 from airsearch.config import AIRConfig
 from airsearch.data import MultiMNIST, load_datasets
 from airsearch.model.air import AIR, LossTerms, Noise
@@ -365,10 +366,8 @@ def _summary(config: AIRConfig, data: dict[str, Any], results: list[SeedRecord],
                          steps=config.train.steps, wall_s=wall, status=status,
                          git_commit=_git_commit())
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=_json_default))
-        os.replace(tmp, out / "summary.json")
+        with atomic_write(out / "summary.json") as f:
+            f.write(json.dumps(summary.to_dict(), indent=2, default=_json_default).encode())
     return summary
 
 
