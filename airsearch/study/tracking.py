@@ -24,9 +24,11 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -82,6 +84,14 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
 
 
+@dataclass
+class SeedRun:
+    """A seed's MLflow run and the last evaluation step it holds."""
+
+    run_id: str
+    last_step: int
+
+
 def rates_view(varied: list[str] | tuple[str, ...]) -> str:
     """The saved view's tag value: MLflow's envelope around the runs table's state."""
     state = {"selectedColumns": [f"metrics.`{m}`" for m in RATE_COLUMNS]
@@ -116,7 +126,7 @@ class StudyTracker:
         self.name = spec.name
         self.client = MlflowClient(tracking_uri)
         self._parents: dict[str, str] = {}
-        self._seeds: dict[str, dict[int, list[Any]]] = {}  # cid -> seed -> [run id, last step]
+        self._seeds: dict[str, dict[int, SeedRun]] = {}  # config id -> seed -> its run
         experiment = self.client.get_experiment_by_name(spec.name)
         tags = {STUDY: spec.name, "airsearch.mode": spec.mode, "airsearch.spec": spec.path,
                 "airsearch.storage": spec.storage, VARIED: ",".join(spec.varied),
@@ -180,14 +190,14 @@ class StudyTracker:
         runs = self.seed_runs(result["config_id"], parent, overrides)
         for seed, row in result.get("per_seed", {}).items():
             seed_run = runs[int(seed)]
-            if int(row["step"]) > seed_run[1]:
+            if int(row["step"]) > seed_run.last_step:
                 self._log_rows(seed_run, [row])
 
-    def seed_runs(self, cid: str, parent: Any, overrides: dict[str, Any]) -> dict[int, list[Any]]:
-        """The configuration's seed runs, found or created, as seed -> [run id, last step]."""
+    def seed_runs(self, cid: str, parent: Any, overrides: dict[str, Any]) -> dict[int, SeedRun]:
+        """The configuration's seed runs, found or created."""
         if cid not in self._seeds:
-            found = {int(run.data.tags[SEED]): [run.info.run_id,
-                                                int(run.data.tags.get(LAST_STEP, -1))]
+            found = {int(run.data.tags[SEED]): SeedRun(run.info.run_id,
+                                                       int(run.data.tags.get(LAST_STEP, -1)))
                      for run in self._runs(f"tags.`{MLFLOW_PARENT_RUN_ID}` = "
                                            f"'{parent.info.run_id}'")}
             params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
@@ -200,22 +210,25 @@ class StudyTracker:
                           STUDY: self.spec.name, CONFIG_ID: cid, SEED: str(seed),
                           OUTCOME: RUNNING})
                 self.client.log_batch(run.info.run_id, params=[*params, Param("seed", str(seed))])
-                found[seed] = [run.info.run_id, -1]
+                found[seed] = SeedRun(run.info.run_id, -1)
             self._seeds[cid] = found
         return self._seeds[cid]
 
-    def _log_rows(self, seed_run: list[Any], rows: list[dict[str, float]]) -> None:
-        """Log evaluations on a seed run and move its mark to the latest one it holds."""
+    def _log_rows(self, seed_run: SeedRun, rows: list[dict[str, float]]) -> None:
+        """Log evaluations on a seed run and move its mark to the latest one it holds
+        (the mark travels with the last batch: one call per evaluation)."""
         if not rows:
             return
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(value), now, int(row["step"])) for row in rows
                    for key, value in row.items()
                    if key not in ("step", "seed") and math.isfinite(value)]
-        for start in range(0, len(metrics), BATCH):
-            self.client.log_batch(seed_run[0], metrics=metrics[start:start + BATCH])
-        seed_run[1] = max(seed_run[1], *(int(row["step"]) for row in rows))
-        self.client.set_tag(seed_run[0], LAST_STEP, str(seed_run[1]))
+        seed_run.last_step = max(seed_run.last_step, *(int(row["step"]) for row in rows))
+        starts = range(0, max(len(metrics), 1), BATCH)
+        for start in starts:
+            mark = [RunTag(LAST_STEP, str(seed_run.last_step))] if start == starts[-1] else []
+            self.client.log_batch(seed_run.run_id, metrics=metrics[start:start + BATCH],
+                                  tags=mark)
 
     def log_final(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Log a finished configuration once; False when it was already complete."""
@@ -249,24 +262,22 @@ class StudyTracker:
         if result["error"]:
             tags.append(RunTag("airsearch.error", result["error"][:7000]))
         matrices = [rec.confusion for rec in seeds if rec.confusion]
-        if matrices:
-            total = [[sum(m[i][j] for m in matrices) for j in range(len(matrices[0][0]))]
-                     for i in range(len(matrices[0]))]
-            tags.append(RunTag(CONFUSION, json.dumps(total)))
+        if matrices:  # every seed of a configuration has the same counts, so the same shape
+            tags.append(RunTag(CONFUSION, json.dumps(np.sum(matrices, axis=0).tolist())))
         if result.get("resumed_from_step"):
             tags.append(RunTag("airsearch.resumed_from_step", str(result["resumed_from_step"])))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, "FAILED" if result["error"] else "FINISHED")
         return True
 
-    def _finish_seed(self, seed_run: list[Any], rec: SeedRecord,
+    def _finish_seed(self, seed_run: SeedRun, rec: SeedRecord,
                      figures: dict[str, bytes]) -> None:
         """Evaluations the live logging missed, the outcome, the figures; then the run ends.
 
         Missed evaluations can lie before the mark: those a killed driver never heard of,
         which the resumed configuration's history holds from its checkpoint.
         """
-        run_id = seed_run[0]
+        run_id = seed_run.run_id
         logged = {m.step for m in self.client.get_metric_history(run_id, WALL)}
         self._log_rows(seed_run, [row for row in rec.history if int(row["step"]) not in logged])
         now = int(time.time() * 1000)
