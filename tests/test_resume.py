@@ -3,6 +3,7 @@ never interrupted ends (weights, optimiser moments, metrics, outcomes)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from airsearch.atomic import atomic_write
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
 from airsearch.study.trial import resumable_checkpoint, trial_folder
@@ -276,3 +278,20 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_configuration_trains_afresh(t
     assert "Traceback" not in result.output
     assert resumable_checkpoint(tmp_path, config, (0,)) is None
     assert not path.exists() and len(list(tmp_path.glob("checkpoint.pt.unreadable-*"))) == 1
+
+
+def test_ctrl_c_during_a_checkpoint_write_leaves_the_whole_file(tmp_path):
+    """SIGINT that lands inside torch.save surfaces as KeyboardInterrupt after the file is in
+    place (not as torch's zip-writer error, which the train command would report as a crash)."""
+    target = tmp_path / "checkpoint.pt"
+
+    class InterruptedMidway(io.BytesIO):
+        def write(self, data):  # torch.save streams the zip through here
+            os.kill(os.getpid(), signal.SIGINT)
+            return writer.write(data)
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as writer:
+            torch.save({"weights": torch.arange(100_000)}, InterruptedMidway())
+    assert torch.equal(torch.load(target)["weights"], torch.arange(100_000))
+    assert list(tmp_path.iterdir()) == [target]
