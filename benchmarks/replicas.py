@@ -19,7 +19,7 @@ from speed import matmul_floor, median_seconds, phase_flops
 
 from airsearch.config import AIRConfig, parse_assignments
 from airsearch.data import load_datasets
-from airsearch.training.trainer import ReplicaStep
+from airsearch.training.step import ReplicaStep
 
 
 @click.command()

@@ -18,7 +18,7 @@ import click
 import torch
 
 from airsearch.config import AIRConfig, parse_assignments
-from airsearch.training.trainer import train_seeds
+from airsearch.training.loop import train_seeds
 
 
 @click.command()

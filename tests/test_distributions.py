@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from airsearch.config import ZPresPrior
 from airsearch.model.distributions import NumSteps
-from airsearch.model.schedules import z_pres_prior_logit
+from airsearch.schedules import z_pres_prior_logit
 
 
 def _logit(p):

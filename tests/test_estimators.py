@@ -10,12 +10,14 @@ import warnings
 import pytest
 import torch
 
+from airsearch import schedules
 from airsearch.config import AIRConfig, ConfigError
 from airsearch.model import estimators
 from airsearch.model.air import AIR
 from airsearch.model.distributions import NumSteps
+from airsearch.schedules import Schedule
 from airsearch.training.gradient_variance import classify, gradient_variance
-from airsearch.training.trainer import ReplicaStep
+from airsearch.training.step import ReplicaStep
 
 SAMPLES, CHUNKS = 200_000, 50
 THETA = torch.tensor([0.4, -0.3, 0.8])  # presence logits of the toy chain, K = 3
@@ -180,12 +182,12 @@ def test_schedules():
                                   "estimator.temperature_initial": 2.0,
                                   "estimator.temperature_final": 0.5,
                                   "estimator.temperature_duration": 10}).estimator
-    assert estimators.warmup_weight(config, 0) == 0.0
-    assert estimators.warmup_weight(config, 50) == 0.5
-    assert estimators.warmup_weight(config, None) == 1.0
-    assert estimators.temperature(config, 0) == pytest.approx(2.0)
-    assert estimators.temperature(config, 5) == pytest.approx(1.0)
-    assert estimators.temperature(config, 1000) == pytest.approx(0.5)
+    assert schedules.warmup_weight(config, 0) == 0.0
+    assert schedules.warmup_weight(config, 50) == 0.5
+    assert schedules.warmup_weight(config, None) == 1.0
+    assert schedules.temperature(config, 0) == pytest.approx(2.0)
+    assert schedules.temperature(config, 5) == pytest.approx(1.0)
+    assert schedules.temperature(config, 1000) == pytest.approx(0.5)
 
 
 def test_vimco_needs_two_particles():
@@ -242,7 +244,8 @@ def test_gradient_variance_orders_baselines():
                 model.baseline.out.weight.zero_()
                 model.baseline.out.bias.zero_()
         buffers = {k: v.clone() for k, v in model.named_buffers()}
-        results[label] = gradient_variance(model, x, -4.6, None, [0, 1], 6)
+        results[label] = gradient_variance(model, x, Schedule(prior_logit=-4.6, temperature=0.1),
+                                           [0, 1], 6)
         assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
         assert all(p.grad is None for p in model.parameters())
     assert torch.all(results["none"].score > 10 * results["nvil"].score)
@@ -253,7 +256,7 @@ def test_trainer_logs_diagnostics_and_localisation(tmp_path, monkeypatch):
     """Per-seed metrics carry diag/grad_var_* and eval/iou, and attention.png is written."""
     monkeypatch.setenv("AIRSEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("AIRSEARCH_MNIST_DIR", raising=False)
-    from airsearch.training.trainer import train_seeds
+    from airsearch.training.loop import train_seeds
 
     config = AIRConfig.from_flat({**TINY, "data.train_images": 256, "data.heldout_images": 32,
                                   "estimator.kind": "vimco", "estimator.particles": 2,

@@ -12,13 +12,15 @@ from airsearch.config import AIRConfig
 from airsearch.model.air import AIR, Noise
 from airsearch.model.distributions import NumSteps
 from airsearch.model.replicated import ReplicatedLinear
-from airsearch.training.optim import build_optimizer, learning_rate_factor, set_learning_rates
+from airsearch.schedules import Schedule, learning_rate_factor
+from airsearch.training.optim import build_optimizer, set_learning_rates
 
 TINY = {"model.lstm_size": 32, "model.mlp_width": 32, "model.mlp_depth": 1,
         "model.z_what_size": 8, "model.glimpse_size": 10, "estimator.baseline_width": 32,
         "data.canvas_size": 32, "data.digit_size": 14.0}
 R, B = 2, 5
 PRIOR_LOGIT = math.log(0.01 / 0.99)
+SCHEDULE = Schedule(prior_logit=PRIOR_LOGIT, temperature=0.1)  # past every warm-up
 
 
 def _config(**overrides):
@@ -56,7 +58,7 @@ def test_shapes(model):
     assert torch.all(inf.where_sd > 0) and torch.all(inf.what_sd > 0)
     canvas, glimpses = model.render(inf)
     assert canvas.shape == (R, B, H, H) and glimpses.shape == (R, B, K, G, G)
-    terms = model.loss_terms(x, inf, PRIOR_LOGIT)
+    terms = model.loss_terms(x, inf, SCHEDULE)
     assert terms.model_loss.shape == (R,) and terms.baseline_loss.shape == (R,)
     assert terms.elbo.shape == (R, B) and terms.n.shape == (R, B)
     assert torch.all(torch.isfinite(terms.model_loss))
@@ -181,7 +183,7 @@ def test_baseline_lr_is_applied():
     opt = build_optimizer(m, config.train)
     x = _images(m)
     before = m.baseline.out.bias.detach().clone()
-    terms = m.loss_terms(x, m.infer(x, _noise(m)), PRIOR_LOGIT)
+    terms = m.loss_terms(x, m.infer(x, _noise(m)), SCHEDULE)
     terms.total.sum().backward()
     opt.step()
     moved = float((m.baseline.out.bias - before).abs().max())
@@ -197,7 +199,7 @@ def test_learning_rate_decay_keeps_the_baseline_ratio(schedule):
     opt = build_optimizer(AIR(config, [0]), config.train)
     seen = {}
     for step in (0, 10, 20, 30, 100):
-        set_learning_rates(opt, config.train, step)
+        set_learning_rates(opt, learning_rate_factor(config.train, step))
         seen[step] = {g["name"]: g["lr"] for g in opt.param_groups}
     assert seen[0] == seen[10] == {"model": 1e-3, "baseline": 1e-2}
     assert seen[30]["model"] == pytest.approx(2.5e-4) == seen[100]["model"]
@@ -239,7 +241,7 @@ def _terms(model, x, noise, buffers):
     with torch.no_grad():
         for name, value in model.named_buffers():
             value.copy_(buffers[name])
-    return model.loss_terms(x, model.infer(x, noise), PRIOR_LOGIT)
+    return model.loss_terms(x, model.infer(x, noise), SCHEDULE)
 
 
 def _buffers(model):
@@ -264,7 +266,7 @@ def test_baseline_enters_the_model_gradient(model):
 def test_baseline_trained_only_by_baseline_loss(model):
     """baseline_loss gives the baseline a non-zero gradient; model_loss gives it none."""
     x = _images(model)
-    terms = model.loss_terms(x, model.infer(x, _noise(model)), PRIOR_LOGIT)
+    terms = model.loss_terms(x, model.infer(x, _noise(model)), SCHEDULE)
     params = list(model.baseline.parameters())
     from_model = _grads(terms.model_loss.sum(), params)
     assert all(g is None or float(g.abs().max()) == 0.0 for g in from_model)
@@ -315,6 +317,6 @@ def test_reinforce_term_present(model):
 def test_elbo_is_finite_and_negative_loss(model):
     """model_loss at the sampled n has the ELBO as its value plus a zero-mean-ish score term."""
     x = _images(model)
-    terms = model.loss_terms(x, model.infer(x, _noise(model)), PRIOR_LOGIT)
+    terms = model.loss_terms(x, model.infer(x, _noise(model)), SCHEDULE)
     assert torch.all(torch.isfinite(terms.elbo))
     assert torch.all(terms.baseline_loss >= 0)

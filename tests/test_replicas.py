@@ -11,9 +11,10 @@ import torch
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
 from airsearch.model.air import AIR, Noise
-from airsearch.model.schedules import z_pres_prior_logit
+from airsearch.schedules import schedule_at
+from airsearch.training.loop import train_seeds
 from airsearch.training.optim import ReplicaGuard, build_optimizer, replica_grad_norms
-from airsearch.training.trainer import DATA_STREAM, NOISE_STREAM, train_seeds
+from airsearch.training.step import DATA_STREAM, NOISE_STREAM
 
 TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,
         "model.mlp_width": 32, "model.mlp_depth": 1, "model.z_what_size": 8,
@@ -57,11 +58,10 @@ def run_manual(config, seeds, steps, images, poison=None):
     for step in range(1, steps + 1):
         if poison is not None:
             poison(model, step)
-        prior_logit = z_pres_prior_logit(config.prior.z_pres, step - 1)
         index = torch.stack([torch.randint(len(images), (B,), generator=g) for g in data_gens])
         x = images[index].to(torch.float32).div_(255.0)
         noise = Noise.draw(noise_gens, B, K, config.model.z_what_size, torch.device("cpu"))
-        terms = model.loss_terms(x, model.infer(x, noise), prior_logit)
+        terms = model.loss_terms(x, model.infer(x, noise), schedule_at(config, step - 1))
         losses = terms.total
         optimizer.zero_grad(set_to_none=False)
         torch.where(guard.active, losses, torch.zeros_like(losses)).sum().backward()

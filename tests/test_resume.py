@@ -22,7 +22,8 @@ from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
 from airsearch.study.trial import resumable_checkpoint, trial_folder
 from airsearch.training.checkpoint import CheckpointError, check_resumable, load_checkpoint
-from airsearch.training.trainer import ReplicaStep, train_seeds
+from airsearch.training.loop import train_seeds
+from airsearch.training.step import ReplicaStep
 from cli import main
 
 TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 32,

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
-from airsearch.training.trainer import ReplicaStep
+from airsearch.training.step import ReplicaStep
 from benchmarks.speed import (
     TensorLayout,
     interleaved_seconds,

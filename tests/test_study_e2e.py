@@ -26,7 +26,7 @@ from airsearch.stats import wilson
 from airsearch.study import runner
 from airsearch.study.report import load_report, render, write_report
 from airsearch.study.spec import StudySpec, config_id, load_spec
-from airsearch.training.trainer import train_seeds
+from airsearch.training.loop import train_seeds
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from airsearch.config import AIRConfig
+from airsearch.schedules import learning_rate_factor
 from airsearch.stats import wilson
 from airsearch.training import outcomes
-from airsearch.training.optim import learning_rate_factor
 from cli import main
 
 TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,

@@ -52,9 +52,9 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
 
     from airsearch.data import load_datasets
     from airsearch.model.air import AIR
-    from airsearch.model.schedules import z_pres_prior_logit
+    from airsearch.schedules import schedule_at
     from airsearch.training.gradient_variance import gradient_variance
-    from airsearch.training.trainer import ReplicaStep
+    from airsearch.training.step import ReplicaStep
 
     kinds = [k.strip() for k in estimators.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(ESTIMATORS))
@@ -79,17 +79,17 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
         state, step = trainer.model.state_dict(), steps
     batch = images[:config.train.batch_size].to(torch.float32) / 255.0  # (B, H, W)
     x = batch.expand(len(seeds), *batch.shape)
-    prior_logit = z_pres_prior_logit(config.prior.z_pres, step)
 
     rows = []
     for label, overrides, no_baseline in _variants(kinds, config):
-        model = AIR(AIRConfig.from_flat(overrides, base=config), seeds)
+        variant = AIRConfig.from_flat(overrides, base=config)
+        model = AIR(variant, seeds)
         model.load_state_dict(state)
         if no_baseline:
             with torch.no_grad():
                 model.baseline.out.weight.zero_()
                 model.baseline.out.bias.zero_()
-        result = gradient_variance(model, x, prior_logit, step, seeds, samples)
+        result = gradient_variance(model, x, schedule_at(variant, step), seeds, samples)
         rows.append({"estimator": label, "backprop": result.backprop.mean().item(),
                      "score": result.score.mean().item()})
     click.echo(f"gradient variance per parameter element, {samples} estimates on one batch of "

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from airsearch.model.air import AIR, Noise, gaussian_log_lik, normal_kl
-from airsearch.model.distributions import NumSteps
-from airsearch.model.schedules import z_pres_prior_logit
+from airsearch.model.air import AIR, Noise
+from airsearch.model.distributions import NumSteps, gaussian_log_lik, normal_kl
 from airsearch.model.spatial import box_pixels
+from airsearch.schedules import z_pres_prior_logit
 
 
 @dataclass(frozen=True)

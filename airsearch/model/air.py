@@ -14,7 +14,6 @@ Shapes: R replicas, B images, K steps, H x W canvas, G x G glimpse, D = z_what s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +22,7 @@ from torch.nn import functional as F
 
 from airsearch.config import AIRConfig
 from airsearch.model import estimators
-from airsearch.model.distributions import NumSteps
+from airsearch.model.distributions import NumSteps, gaussian_log_lik, normal_kl
 from airsearch.model.replicated import (
     ReplicatedLinear,
     ReplicatedLSTMCell,
@@ -31,6 +30,7 @@ from airsearch.model.replicated import (
     softplus_inverse,
 )
 from airsearch.model.spatial import read_glimpse, write_glimpse
+from airsearch.schedules import Schedule
 
 
 @dataclass
@@ -99,6 +99,23 @@ class LossTerms:
     def total(self) -> torch.Tensor:
         """(R,) each replica's own loss: model and baseline train disjoint parameters on it."""
         return self.model_loss + self.baseline_loss
+
+
+@dataclass
+class ElboTerms:
+    """The ELBO's pieces for one batch, which every estimator builds its objective from."""
+
+    log_lik: torch.Tensor     # (R, B) Gaussian log-likelihood of the canvas of n objects
+    kl_steps: torch.Tensor    # (R, B, K) what + where KL of each step, present or not
+    present: torch.Tensor     # (R, B, K) 0/1 mask of the first n steps
+    kl_objects: torch.Tensor  # (R, B) KLs of the present steps
+    q_n: NumSteps             # posterior over the number of objects
+    p_n: NumSteps             # the count prior at this step
+    kl_n: torch.Tensor        # (R, B) KL(q_n || p_n), analytic
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.log_lik - self.kl_objects - self.kl_n
 
 
 class AIR(nn.Module):
@@ -241,59 +258,33 @@ class AIR(nn.Module):
         presence = inference.present if presence is None else presence
         return (written * presence[..., None, None]).sum(dim=2), glimpses
 
-    def loss_terms(self, x: torch.Tensor, inference: Inference, prior_logit: float,
-                   step: int | None = None) -> LossTerms:
+    def loss_terms(self, x: torch.Tensor, inference: Inference, schedule: Schedule
+                   ) -> LossTerms:
         """Negative ELBO with the KL of n taken analytically on NumSteps, plus the gradient
-        estimator of estimator.kind for n (airsearch.model.estimators) at training `step`."""
+        estimator of estimator.kind for n (airsearch.model.estimators), at `schedule`'s step."""
         canvas, _ = self.render(inference)
-        sd = self.config.model.likelihood_sd
-        log_lik = gaussian_log_lik(x, canvas, sd)  # (R, B)
+        log_lik = gaussian_log_lik(x, canvas, self.config.model.likelihood_sd)  # (R, B)
         present = inference.present  # (R, B, K)
         kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
                              self.where_prior_sd).sum(-1)
         kl_what = normal_kl(inference.what_loc, inference.what_sd, 0.0, 1.0).sum(-1)
-        kl_objects = ((kl_where + kl_what) * present).sum(-1)  # (R, B)
+        kl_steps = kl_where + kl_what
         q_n = inference.num_steps
-        p_n = NumSteps(torch.full_like(inference.pres_logits, prior_logit))
-        kl_n = q_n.kl(p_n)
-        elbo = log_lik - kl_objects - kl_n
+        p_n = NumSteps(torch.full_like(inference.pres_logits, schedule.prior_logit))
+        terms = ElboTerms(log_lik=log_lik, kl_steps=kl_steps, present=present,
+                          kl_objects=(kl_steps * present).sum(-1), q_n=q_n, p_n=p_n,
+                          kl_n=q_n.kl(p_n))
 
         # Everything in the ELBO that depends on the sampled n, except the analytic KL of n.
         # The baseline learns it under every kind, so its parameter group always has a gradient.
-        signal = (log_lik - kl_objects).detach()
+        signal = (log_lik - terms.kl_objects).detach()
         baseline = self.baseline(self._baseline_input(x, inference)).squeeze(-1)  # (R, B)
         signal, advantage = self._advantage(signal, baseline.detach())
-        e = self.config.estimator
-        if e.kind == "relaxed":
-            presence = estimators.relaxed_presence(inference.pres_logits, inference.pres_uniforms,
-                                                   estimators.temperature(e, step))
-            relaxed_canvas, _ = self.render(inference, presence)
-            surrogate = (gaussian_log_lik(x, relaxed_canvas, sd)
-                         - ((kl_where + kl_what) * presence).sum(-1) - kl_n)
-        elif e.kind == "vimco" and self.training:  # held-out batches carry no particles
-            ratio = (estimators.normal_log_ratio(inference.z_where, inference.where_loc,
-                                                 inference.where_sd, self.where_prior_loc,
-                                                 self.where_prior_sd)
-                     + estimators.normal_log_ratio(inference.z_what, inference.what_loc,
-                                                   inference.what_sd, 0.0, 1.0))  # (R, B, K)
-            log_q_n = q_n.log_prob(inference.n)
-            log_w = estimators.log_weights(log_lik, ratio, present, p_n.log_prob(inference.n),
-                                           log_q_n)
-            surrogate = estimators.vimco_surrogate(log_w, log_q_n, e.particles)
-        else:
-            prefix = (estimators.kl_before_each_step(kl_where + kl_what, present)
-                      if e.reward_to_go else None)
-            scale = self._signal_scale()
-            score = estimators.reinforce_score(inference.pres_logits, inference.n, advantage,
-                                               prefix, scale)
-            # The analytic KL of n is the other half of n's objective: it is divided by the
-            # same NVIL scale as the score term. Dividing only the score would weigh the count
-            # prior `scale` times (tens of nats) more than the evidence and switch steps off.
-            surrogate = (log_lik - kl_objects - kl_n / scale
-                         + estimators.warmup_weight(e, step) * score)
+        surrogate = estimators.surrogate_objective(self, x, inference, terms, advantage,
+                                                   schedule)
         return LossTerms(model_loss=-surrogate.mean(-1),
                          baseline_loss=(signal - baseline).pow(2).mean(-1),
-                         elbo=elbo.detach(), n=inference.n)
+                         elbo=terms.elbo.detach(), n=inference.n)
 
     def _advantage(self, signal: torch.Tensor, baseline: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,9 +302,9 @@ class AIR(nn.Module):
             self._moving_average(self.signal_var, advantage.var(-1))
         if self.training:
             self.signal_seen.fill_(True)
-        return signal, advantage / self._signal_scale()
+        return signal, advantage / self.signal_scale()
 
-    def _signal_scale(self) -> torch.Tensor | float:
+    def signal_scale(self) -> torch.Tensor | float:
         """(R, 1) NVIL normaliser of the advantage, or 1 without normalisation."""
         if not self.config.estimator.normalise_signal:
             return 1.0
@@ -336,16 +327,3 @@ class AIR(nn.Module):
                       inference.z_where.detach().reshape(R, B, -1)]
         return torch.cat(parts, dim=-1)
 
-
-def gaussian_log_lik(x: torch.Tensor, canvas: torch.Tensor, sd: float) -> torch.Tensor:
-    """(R, B) Gaussian log-density of images x (R, B, H, W) around the canvas."""
-    return (-0.5 * ((x - canvas) / sd).pow(2)).sum(dim=(-1, -2)) - x[0, 0].numel() * (
-        math.log(sd) + 0.5 * math.log(2 * math.pi))
-
-
-def normal_kl(loc: torch.Tensor, sd: torch.Tensor, prior_loc: torch.Tensor | float,
-              prior_sd: torch.Tensor | float) -> torch.Tensor:
-    """KL(N(loc, sd) || N(prior_loc, prior_sd)) elementwise."""
-    prior_sd = torch.as_tensor(prior_sd, dtype=loc.dtype, device=loc.device)
-    var_ratio = (sd / prior_sd).pow(2)
-    return 0.5 * (var_ratio + ((loc - prior_loc) / prior_sd).pow(2) - 1 - var_ratio.log())

@@ -1,4 +1,5 @@
-"""The distribution of the number of objects implied by AIR's z_pres chain.
+"""AIR's distributions: the number of objects implied by the z_pres chain, and the Normal
+and Gaussian densities of the ELBO.
 
 z_pres_1, z_pres_2, ... are Bernoulli and once one is 0 all later ones are 0, so only the
 number of steps n in {0..K} matters: P(n) = prod_{i<n} p_i * (1 - p_n) for n < K and
@@ -8,6 +9,8 @@ would also charge for steps after the chain has already stopped.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -51,3 +54,17 @@ class NumSteps:
         n = torch.arange(self.max_steps + 1, dtype=self.log_probs.dtype,
                          device=self.log_probs.device)
         return (self.probs * n).sum(-1)
+
+
+def gaussian_log_lik(x: torch.Tensor, canvas: torch.Tensor, sd: float) -> torch.Tensor:
+    """(R, B) Gaussian log-density of images x (R, B, H, W) around the canvas."""
+    return (-0.5 * ((x - canvas) / sd).pow(2)).sum(dim=(-1, -2)) - x[0, 0].numel() * (
+        math.log(sd) + 0.5 * math.log(2 * math.pi))
+
+
+def normal_kl(loc: torch.Tensor, sd: torch.Tensor, prior_loc: torch.Tensor | float,
+              prior_sd: torch.Tensor | float) -> torch.Tensor:
+    """KL(N(loc, sd) || N(prior_loc, prior_sd)) elementwise."""
+    prior_sd = torch.as_tensor(prior_sd, dtype=loc.dtype, device=loc.device)
+    var_ratio = (sd / prior_sd).pow(2)
+    return 0.5 * (var_ratio + ((loc - prior_loc) / prior_sd).pow(2) - 1 - var_ratio.log())

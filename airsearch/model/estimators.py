@@ -1,9 +1,9 @@
-"""Gradient estimators for AIR's discrete number of objects n, as pure functions of tensors.
+"""Gradient estimators for AIR's discrete number of objects n: one objective per kind.
 
 AIR's ELBO depends on n through the canvas and the masked what/where KLs; n is discrete, so
 its gradient needs an estimator (estimator.kind):
   reinforce  score function on log q(n) with NVIL centring/normalisation and a neural baseline
-             (in air.py); optionally per step with the reward-to-go, and warmed up linearly.
+             (air.py); optionally per step with the reward-to-go, and warmed up linearly.
   vimco      S particles per image, the importance-weighted bound, and the leave-one-out
              control variate with the geometric mean of the other log weights
              (Mnih & Rezende 2016, "Variational inference for Monte Carlo objectives").
@@ -20,33 +20,45 @@ K steps. Every reduction is over B, S or K inside one replica: replicas stay ind
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
-from airsearch.config import EstimatorConfig
+from airsearch.model.distributions import gaussian_log_lik
+
+if TYPE_CHECKING:  # the model calls these functions; they only read it
+    from airsearch.model.air import AIR, ElboTerms, Inference
+    from airsearch.schedules import Schedule
 
 UNIFORM_EPS = 1e-6  # keeps the logistic noise of the relaxation finite
 
 
-def warmup_weight(estimator: EstimatorConfig, step: int | None) -> float:
-    """Weight of the REINFORCE term: 0 -> 1 linearly over estimator.reinforce_warmup steps.
-
-    step None (evaluation, tests) means training is past any warm-up.
-    """
-    if step is None or estimator.reinforce_warmup == 0:
-        return 1.0
-    return min(step / estimator.reinforce_warmup, 1.0)
-
-
-def temperature(estimator: EstimatorConfig, step: int | None) -> float:
-    """Concrete temperature: geometric from temperature_initial to temperature_final."""
-    t0, t1 = estimator.temperature_initial, estimator.temperature_final
-    done = 1.0 if step is None else min(step / estimator.temperature_duration, 1.0)
-    return math.exp(math.log(t0) + (math.log(t1) - math.log(t0)) * done)
+def surrogate_objective(model: AIR, x: torch.Tensor, inference: Inference, elbo: ElboTerms,
+                        advantage: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """(R, B) objective whose gradient is estimator.kind's estimate of the ELBO's gradient."""
+    kind = model.config.estimator.kind
+    if kind == "relaxed":
+        return relaxed(model, x, inference, elbo, schedule.temperature)
+    if kind == "vimco" and model.training:  # held-out batches carry no particles
+        return vimco(model, inference, elbo)
+    return reinforce(model, inference, elbo, advantage, schedule.reinforce_weight)
 
 
 # ------------------------------------------------------------------------------- REINFORCE
+def reinforce(model: AIR, inference: Inference, elbo: ElboTerms, advantage: torch.Tensor,
+              weight: float) -> torch.Tensor:
+    """ELBO back-propagated through the continuous latents, plus `weight` x the score term."""
+    prefix = (kl_before_each_step(elbo.kl_steps, elbo.present)
+              if model.config.estimator.reward_to_go else None)
+    scale = model.signal_scale()
+    score = reinforce_score(inference.pres_logits, inference.n, advantage, prefix, scale)
+    # The analytic KL of n is the other half of n's objective: it is divided by the same NVIL
+    # scale as the score term. Dividing only the score would weigh the count prior `scale`
+    # times (tens of nats) more than the evidence and switch steps off.
+    return elbo.log_lik - elbo.kl_objects - elbo.kl_n / scale + weight * score
+
+
 def step_log_probs(logits: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """(R, B, K) log-probability of each presence decision the chain took; sums to log q(n).
 
@@ -82,6 +94,18 @@ def reinforce_score(logits: torch.Tensor, n: torch.Tensor, advantage: torch.Tens
 
 
 # ------------------------------------------------------------------------------- VIMCO
+def vimco(model: AIR, inference: Inference, elbo: ElboTerms) -> torch.Tensor:
+    """VIMCO's surrogate from the S particles of each image laid along the batch."""
+    ratio = (normal_log_ratio(inference.z_where, inference.where_loc, inference.where_sd,
+                              model.where_prior_loc, model.where_prior_sd)
+             + normal_log_ratio(inference.z_what, inference.what_loc, inference.what_sd,
+                                0.0, 1.0))  # (R, B, K)
+    log_q_n = elbo.q_n.log_prob(inference.n)
+    log_w = log_weights(elbo.log_lik, ratio, elbo.present, elbo.p_n.log_prob(inference.n),
+                        log_q_n)
+    return vimco_surrogate(log_w, log_q_n, model.config.estimator.particles)
+
+
 def normal_log_ratio(z: torch.Tensor, loc: torch.Tensor, sd: torch.Tensor,
                      prior_loc: torch.Tensor | float, prior_sd: torch.Tensor | float
                      ) -> torch.Tensor:
@@ -128,6 +152,15 @@ def vimco_surrogate(log_w: torch.Tensor, log_q_n: torch.Tensor, particles: int
 
 
 # ------------------------------------------------------------------------------- relaxed
+def relaxed(model: AIR, x: torch.Tensor, inference: Inference, elbo: ElboTerms,
+            temperature: float) -> torch.Tensor:
+    """The ELBO with the canvas and object KLs weighted by the relaxed presence."""
+    presence = relaxed_presence(inference.pres_logits, inference.pres_uniforms, temperature)
+    canvas, _ = model.render(inference, presence)
+    return (gaussian_log_lik(x, canvas, model.config.model.likelihood_sd)
+            - (elbo.kl_steps * presence).sum(-1) - elbo.kl_n)
+
+
 def relaxed_presence(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
                      ) -> torch.Tensor:
     """(R, B, K) relaxed presence: cumulative product of binary Concrete z_pres samples.

@@ -46,7 +46,7 @@ def read_glimpse(images: torch.Tensor, z_where: torch.Tensor, size: int) -> torc
     s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))  # (N, 1) each
     g = _pixel_centres(size, images)  # glimpse -> canvas coordinates: p = g / s + c
     # g / s once per axis, not shared: sharing it rounds the gradient of s differently, which
-    # changes every training trajectory (and the seeds' results recorded in the README).
+    # changes every training trajectory.
     return _resample(images, g / s + y, g / s + x)
 
 

@@ -61,7 +61,7 @@ LOCK = ".lock"
 
 def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     """Tune function trainable: train, report progress on every evaluation, report the rate."""
-    from airsearch.training.trainer import train_seeds
+    from airsearch.training.loop import train_seeds
 
     torch.set_num_threads(max(1, math.floor(spec.cpus)))
     overrides = overrides_from_params(params)

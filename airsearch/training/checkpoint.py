@@ -25,7 +25,7 @@ import torch
 
 from airsearch.atomic import atomic_write
 from airsearch.config import AIRConfig
-from airsearch.training.optim import learning_rate_factor
+from airsearch.schedules import learning_rate_factor
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("summary.json", "metrics.jsonl", CHECKPOINT)  # and a seed_<s>/ folder per seed
@@ -59,7 +59,7 @@ class Checkpoint:
     config: dict[str, Any]        # flat config of the run
     all_seeds: list[int]          # every seed of the run, in order
     data: dict[str, Any]          # the data source the run trained on
-    finished: list[dict[str, Any]]  # SeedResult fields of the chunks already done
+    finished: list[dict[str, Any]]  # SeedRecord fields of the chunks already done
     seeds: list[int]              # the chunk in training
     wall_s: float                 # training seconds so far (time while stopped not counted)
     progress: Progress

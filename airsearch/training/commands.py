@@ -79,7 +79,7 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         clear_run,
         load_checkpoint,
     )
-    from airsearch.training.trainer import train_seeds
+    from airsearch.training.loop import train_seeds
 
     if seed is not None and seed_range is not None:
         raise click.UsageError("give --seed or --seeds, not both")

@@ -14,6 +14,7 @@ import torch
 
 from airsearch.model.air import AIR, Inference, Noise
 from airsearch.model.spatial import box_pixels
+from airsearch.schedules import Schedule
 
 EVAL_NOISE_OFFSET = 1_000_003  # eval noise generators are seeded apart from training ones
 
@@ -52,8 +53,9 @@ def deterministic_inference(model: AIR, x: torch.Tensor) -> Inference:
 
 @torch.no_grad()
 def evaluate(model: AIR, images: torch.Tensor, counts: torch.Tensor, seeds: list[int],
-             prior_logit: float, batch_size: int = 500) -> Evaluation:
-    """images (N, H, W) uint8 and true counts (N,), shared by all replicas."""
+             schedule: Schedule, batch_size: int = 500) -> Evaluation:
+    """images (N, H, W) uint8 and true counts (N,), shared by all replicas; the ELBO is
+    taken under `schedule`'s count prior."""
     was_training = model.training
     model.eval()
     R, K = model.replicas, model.steps
@@ -78,7 +80,7 @@ def evaluate(model: AIR, images: torch.Tensor, counts: torch.Tensor, seeds: list
         steps = torch.arange(K, device=device)
         presence += (steps < inferred.unsqueeze(-1)).sum(1).to(torch.float64)
         noise = Noise.draw(gens, x.shape[1], K, model.z_what_size, device)
-        terms = model.loss_terms(x, model.infer(x, noise), prior_logit)
+        terms = model.loss_terms(x, model.infer(x, noise), schedule)
         elbo_sum += terms.elbo.to(torch.float64).sum(1)
     model.train(was_training)
     n = len(images)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from airsearch.model.air import AIR, Noise
+from airsearch.schedules import Schedule
 
 SCORE_PREFIX = "presence_head."
 CLASSES = ("backprop", "score")
@@ -50,8 +51,8 @@ def classify(model: AIR) -> dict[str, list[tuple[str, nn.Parameter]]]:
     return out
 
 
-def gradient_variance(model: AIR, x: torch.Tensor, prior_logit: float, step: int | None,
-                      seeds: list[int], samples: int) -> GradientVariance:
+def gradient_variance(model: AIR, x: torch.Tensor, schedule: Schedule, seeds: list[int],
+                      samples: int) -> GradientVariance:
     """x (R, B, H, W): variance over `samples` gradient estimates of model_loss, per replica.
 
     The first estimate only sets the NVIL running statistics from this batch; every counted
@@ -72,7 +73,7 @@ def gradient_variance(model: AIR, x: torch.Tensor, prior_logit: float, step: int
 
     def estimate() -> tuple[torch.Tensor | None, ...]:
         noise = Noise.draw(gens, x.shape[1], model.steps, model.z_what_size, device)
-        loss = model.loss_terms(x, model.infer(x, noise), prior_logit, step).model_loss
+        loss = model.loss_terms(x, model.infer(x, noise), schedule).model_loss
         return torch.autograd.grad(loss.sum(), params, allow_unused=True)
 
     estimate()

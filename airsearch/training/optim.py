@@ -8,14 +8,11 @@ Adam momentum cannot keep moving it while the others train on.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from airsearch.config import TrainConfig
 from airsearch.model.air import AIR
-from airsearch.model.schedules import progress
 
 
 def build_optimizer(model: AIR, train: TrainConfig) -> torch.optim.Optimizer:
@@ -35,33 +32,9 @@ def build_optimizer(model: AIR, train: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(param_groups, momentum=0.9, foreach=True)
 
 
-def learning_rate_factor(train: TrainConfig, step: int) -> float:
-    """Multiplier on both learning rates at `step`: 1 while held, then down to train.lr_final.
-
-    The decay is set in fractions of train.steps, so one default suits a 5,000-step run
-    (decay over steps 3,000-5,000: 8 of 8 seeds converged where a constant rate left one
-    swinging at its last evaluation, README) and a 120,000-step study alike.
-    """
-    if train.lr_schedule == "constant":
-        return 1.0
-    hold, duration = decay_steps(train)
-    t = progress(step, hold, duration)
-    if train.lr_schedule == "linear":
-        shape = 1.0 - t
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * t))
-    return train.lr_final + (1.0 - train.lr_final) * shape
-
-
-def decay_steps(train: TrainConfig) -> tuple[int, int]:
-    """(steps held, steps the decay takes): train.lr_decay_start/end of train.steps, rounded."""
-    hold = round(train.lr_decay_start * train.steps)
-    return hold, max(1, round(train.lr_decay_end * train.steps) - hold)
-
-
-def set_learning_rates(optimizer: torch.optim.Optimizer, train: TrainConfig, step: int) -> None:
-    """Scale every group's rate from its configured value (kept as 'initial_lr')."""
-    factor = learning_rate_factor(train, step)
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every group's rate from its configured value (kept as 'initial_lr') by `factor`
+    (the step's Schedule.learning_rate_factor)."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
 

@@ -1,16 +1,28 @@
-"""What training hands on: one record per trained seed, and the run's summary.
+"""What training hands on: one record per trained seed, and the run's files.
 
-The trainer makes a `SeedRecord`; a study's trial ships it to the driver as JSON, and MLflow
-tracking and the report read it back with `from_json`: one shape end to end. A seed whose
-configuration failed before any result is a record with outcome `error`.
+The training loop makes a `SeedRecord`; a study's trial ships it to the driver as JSON, and
+MLflow tracking and the report read it back with `from_json`: one shape end to end. A seed
+whose configuration failed before any result is a record with outcome `error`. A run folder
+holds metrics.jsonl (one row per seed and evaluation, appended) and summary.json (rewritten
+atomically at every evaluation, so a killed run keeps everything recorded so far).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import subprocess
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from airsearch.atomic import atomic_write
+from airsearch.config import AIRConfig
 from airsearch.stats import Rate, wilson
+from airsearch.training import outcomes
 from airsearch.training.outcomes import CONVERGED, ERROR
 
 
@@ -76,6 +88,48 @@ class RunSummary:
         out["rate"] = {"k": self.rate.k, "n": self.rate.n, "value": self.rate.value,
                        "wilson_low": self.rate.low, "wilson_high": self.rate.high}
         return out
+
+
+def append_metrics(out: Path, record: EvalRecord) -> None:
+    """Add one evaluation's rows to OUT/metrics.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.jsonl", "a") as f:
+        for metrics in record.per_seed:
+            f.write(json.dumps({"step": record.step, "wall_s": record.wall_s, **metrics}) + "\n")
+
+
+def summarise(config: AIRConfig, data: dict[str, Any], results: list[SeedRecord], wall: float,
+              status: str, out: Path | None) -> RunSummary:
+    """The run's summary (status running or finished), written to OUT/summary.json."""
+    counts = {name: 0 for name in outcomes.OUTCOMES}
+    for result in results:
+        counts[result.outcome] += 1
+    summary = RunSummary(config=config.to_flat(), data=data, seeds=results,
+                         rate=rate_of(results), outcome_counts=counts,
+                         steps=config.train.steps, wall_s=wall, status=status,
+                         git_commit=_git_commit())
+    if out is not None:
+        with atomic_write(out / "summary.json") as f:
+            f.write(json.dumps(summary.to_dict(), indent=2, default=_json_default).encode())
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+@functools.cache  # summaries are rewritten at every evaluation; the commit does not change
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

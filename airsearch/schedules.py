@@ -1,0 +1,102 @@
+"""Every number that changes with the training step, as pure functions of (config, step).
+
+A training step evaluates them once, into one `Schedule`, and hands it to the loss and the
+optimiser; evaluation and diagnostics take the schedule of the step they look at. Keeping
+them together shows at a glance what a run anneals:
+  z_pres prior   the success probability of the count prior: high at the start so the model
+                 explores using its steps, low at the end so each extra step must pay for
+                 itself (Kosiorek: 1-1e-15 -> 1e-7 exponentially over 1e5 steps after 1e3).
+  learning rate  a multiplier on both groups' rates, decaying late in the run.
+  REINFORCE      the score term's weight, warmed up from 0 (estimator.reinforce_warmup).
+  temperature    the Concrete temperature of the relaxed estimator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from airsearch.config import AIRConfig, EstimatorConfig, TrainConfig, ZPresPrior
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The step-dependent numbers of one training step."""
+
+    prior_logit: float  # log-odds of the count prior's success probability
+    temperature: float  # relaxed estimator's Concrete temperature
+    reinforce_weight: float = 1.0  # weight of the score-function term
+    learning_rate_factor: float = 1.0  # multiplier on the configured learning rates
+
+
+def schedule_at(config: AIRConfig, step: int) -> Schedule:
+    """Every schedule of `config` at training step `step` (0-based)."""
+    return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, step),
+                    temperature=temperature(config.estimator, step),
+                    reinforce_weight=warmup_weight(config.estimator, step),
+                    learning_rate_factor=learning_rate_factor(config.train, step))
+
+
+def progress(step: int, hold: int, duration: int) -> float:
+    """0 while held, then rising linearly to 1 over `duration` steps."""
+    return min(max((step - hold) / duration, 0.0), 1.0)
+
+
+def z_pres_prior_logit(prior: ZPresPrior, step: int) -> float:
+    """The prior's log-odds of presence at `step`, computed in float64 so p = 1-1e-15 survives."""
+    t = progress(step, prior.hold, prior.duration)
+    p0, p1 = prior.initial, prior.final
+    if prior.schedule == "constant":
+        return _logit(p0)
+    if prior.schedule == "linear":
+        return _logit(p0 + (p1 - p0) * t)
+    if prior.schedule == "exponential":
+        return _logit(math.exp(math.log(p0) + (math.log(p1) - math.log(p0)) * t))
+    if prior.schedule == "logit":
+        return _logit(p0) + (_logit(p1) - _logit(p0)) * t
+    raise ValueError(f"prior.z_pres.schedule: unknown {prior.schedule!r}")
+
+
+def learning_rate_factor(train: TrainConfig, step: int) -> float:
+    """Multiplier on both learning rates at `step`: 1 while held, then down to train.lr_final.
+
+    The decay is set in fractions of train.steps, so one default suits a short run and a long
+    study alike (docs/recipe.md).
+    """
+    if train.lr_schedule == "constant":
+        return 1.0
+    hold, duration = _decay_steps(train)
+    t = progress(step, hold, duration)
+    if train.lr_schedule == "linear":
+        shape = 1.0 - t
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * t))
+    return train.lr_final + (1.0 - train.lr_final) * shape
+
+
+def _decay_steps(train: TrainConfig) -> tuple[int, int]:
+    """(steps held, steps the decay takes): train.lr_decay_start/end of train.steps, rounded."""
+    hold = round(train.lr_decay_start * train.steps)
+    return hold, max(1, round(train.lr_decay_end * train.steps) - hold)
+
+
+def warmup_weight(estimator: EstimatorConfig, step: int | None) -> float:
+    """Weight of the REINFORCE term: 0 -> 1 linearly over estimator.reinforce_warmup steps.
+
+    step None means past any warm-up.
+    """
+    if step is None or estimator.reinforce_warmup == 0:
+        return 1.0
+    return min(step / estimator.reinforce_warmup, 1.0)
+
+
+def temperature(estimator: EstimatorConfig, step: int | None) -> float:
+    """Concrete temperature: geometric from temperature_initial to temperature_final
+    (reached at estimator.temperature_duration; step None means past it)."""
+    t0, t1 = estimator.temperature_initial, estimator.temperature_final
+    done = 1.0 if step is None else min(step / estimator.temperature_duration, 1.0)
+    return math.exp(math.log(t0) + (math.log(t1) - math.log(t0)) * done)
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)

@@ -1,0 +1,289 @@
+"""Train one configuration on several seeds at once, as vectorized replicas, and label each seed.
+
+Reads like a script: load data -> build R replicas (airsearch.training.step) -> loop: one
+step of every replica, and every train.eval_every steps a held-out evaluation, the metrics
+rows, a checkpoint a killed run resumes from (airsearch.training.checkpoint) and the summary
+so far -> figures -> one SeedRecord per seed, labelled by airsearch.training.outcomes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from airsearch.config import AIRConfig
+from airsearch.data import MultiMNIST, load_datasets
+from airsearch.model.air import AIR
+from airsearch.model.spatial import box_pixels
+from airsearch.schedules import learning_rate_factor, schedule_at
+from airsearch.training import outcomes
+from airsearch.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Progress,
+    check_fresh_folder,
+    check_resumable,
+    save_checkpoint,
+    schedule_change,
+    trim_metrics,
+)
+from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
+from airsearch.training.figures import (
+    attention_figure,
+    confusion_figure,
+    reconstruction_figure,
+)
+from airsearch.training.gradient_variance import gradient_variance
+from airsearch.training.localisation import Localisation, localise
+from airsearch.training.optim import describe_groups
+from airsearch.training.records import EvalRecord, RunSummary, SeedRecord, append_metrics, summarise
+from airsearch.training.step import ReplicaStep, replicas_that_fit
+
+FIGURE_IMAGES = 8
+GRAD_VAR_SAMPLES = 8  # gradient estimates per logged diag/grad_var_* (a cheap, noisy number)
+
+
+def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None = None,
+                on_eval: Callable[[EvalRecord], None] | None = None, device: str = "cpu",
+                progress: bool = True, chunk_size: int | None = None,
+                mnist_dir: str | None = None, resume: Checkpoint | None = None) -> RunSummary:
+    """Train `seeds` of `config`; a seed that diverges is labelled, never raised.
+
+    With `resume`, the checkpoint of this run in out_dir, the run goes on where it stopped.
+    """
+    config.validate()
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
+    if resume is not None:
+        check_resumable(resume, config, seeds)
+    elif out_dir is not None:
+        check_fresh_folder(Path(out_dir))
+    start = time.perf_counter() - (resume.wall_s if resume is not None else 0.0)
+    train, heldout, data_info = load_datasets(config.data, mnist_dir=mnist_dir)
+    if resume is not None and resume.data != data_info.to_dict():
+        raise CheckpointError(f"the run trained on {resume.data['source']}, this machine "
+                              f"offers {data_info.source}: point --mnist-dir at the same "
+                              "digits to resume it")
+    change = schedule_change(resume, config) if resume is not None else None
+    if change and progress:  # accepted, but not the run a fresh start would train
+        tqdm.write(f"note: {change}; the run goes on at the rates of a "
+                   f"{config.train.steps}-step run")
+    torch_device = torch.device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    run = _Run(config, seeds, train, heldout, torch_device, out, on_eval, progress, start,
+               data_info.to_dict())
+    chunks: list[tuple[list[int], Checkpoint | None]] = []
+    todo = seeds
+    if resume is not None:
+        run.finished = [SeedRecord(**fields) for fields in resume.finished]
+        if out is not None:
+            trim_metrics(out, resume)
+        chunks.append((resume.seeds, resume))
+        begun = {result.seed for result in run.finished} | set(resume.seeds)
+        todo = [s for s in seeds if s not in begun]
+    size = chunk_size or replicas_that_fit(config, torch_device)
+    chunks += [(todo[first:first + size], None) for first in range(0, len(todo), size)]
+    for chunk_seeds, checkpoint in chunks:
+        run.finished += _train_replicas(run, chunk_seeds, checkpoint)
+    return summarise(config, run.data_info, run.finished, time.perf_counter() - start,
+                     "finished", out)
+
+
+@dataclass
+class _Run:
+    """What every chunk of replicas of one run shares."""
+
+    config: AIRConfig
+    seeds: list[int]
+    train: MultiMNIST
+    heldout: MultiMNIST
+    device: torch.device
+    out: Path | None
+    on_eval: Callable[[EvalRecord], None] | None
+    show_progress: bool
+    start: float  # perf_counter at the start; a resumed run's is earlier by its recorded seconds
+    data_info: dict[str, Any]
+    finished: list[SeedRecord] = field(default_factory=list)  # the chunks done so far
+
+
+def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> list[SeedRecord]:
+    config, tc, R = run.config, run.config.train, len(seeds)
+    trainer = ReplicaStep(config, seeds, torch.from_numpy(run.train.images).to(run.device))
+    progress = Progress.fresh(R)
+    if resume is not None:
+        trainer.load_state_dict(resume.state)
+        progress = resume.progress
+    elbo_sum, elbo_steps = torch.zeros(R, dtype=torch.float64), 0
+    last_eval: Evaluation | None = None
+    located: Localisation | None = None
+    bar = tqdm(total=tc.steps, initial=progress.step, disable=not run.show_progress,
+               dynamic_ncols=True,
+               desc=f"seeds {seeds[0]}..{seeds[-1]}" if R > 1 else f"seed {seeds[0]}")
+    if run.show_progress:
+        tqdm.write(f"data: {run.data_info['source']}; optimiser groups: "
+                   f"{describe_groups(trainer.optimizer)}"
+                   + (f"; resumed at step {progress.step}" if resume is not None else ""))
+
+    for step in range(progress.step + 1, tc.steps + 1):
+        elbo, newly = trainer(step - 1)
+        for r in torch.nonzero(newly).flatten().tolist():
+            progress.diverged_at[r] = step
+            tqdm.write(f"seed {seeds[r]}: non-finite loss or gradient at step {step}; "
+                       "frozen and labelled diverged")
+        elbo_sum += torch.nan_to_num(elbo.cpu().to(torch.float64))
+        elbo_steps += 1
+        bar.update(1)
+
+        if step % tc.eval_every == 0 or step == tc.steps:
+            last_eval, located = _evaluate(run, trainer.model, seeds, step)
+            per_seed = _record(run, trainer, seeds, step, last_eval, located, progress,
+                               elbo_sum / elbo_steps)
+            elbo_sum.zero_()
+            elbo_steps = 0
+            bar.set_postfix_str(_progress_text(per_seed, config.eval.threshold))
+            if run.show_progress:
+                tqdm.write(f"step {step}: " + _progress_text(per_seed, config.eval.threshold))
+    bar.close()
+
+    if last_eval is None and progress.step > 0:  # resumed after its last step: same weights
+        last_eval, located = _evaluate(run, trainer.model, seeds, progress.step)
+    figures = _draw_figures(run, trainer.model, seeds, last_eval, located)
+    return _seed_records(config, seeds, last_eval, progress, run.heldout, figures)
+
+
+def _evaluate(run: _Run, model: AIR, seeds: list[int], step: int
+              ) -> tuple[Evaluation, Localisation]:
+    """Held-out count accuracy and localisation at `step` (deterministic: no sampling)."""
+    counts = torch.from_numpy(run.heldout.counts)
+    evaluation = evaluate(model, torch.from_numpy(run.heldout.images), counts, seeds,
+                          schedule_at(run.config, step))
+    return evaluation, localise(evaluation.boxes, evaluation.present,
+                                torch.from_numpy(run.heldout.boxes), counts, model.canvas)
+
+
+def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evaluation: Evaluation,
+            located: Localisation, progress: Progress, train_elbo: torch.Tensor
+            ) -> list[dict[str, float]]:
+    """One evaluation into every record: histories, convergence, metrics file, checkpoint,
+    the `on_eval` listener and the summary so far. Returns each seed's metrics."""
+    config, out, R = run.config, run.out, len(seeds)
+    grad_var = None
+    every = config.eval.gradient_variance_every
+    if every and step % every == 0:
+        batch = (torch.from_numpy(run.heldout.images[:config.train.batch_size])
+                 .to(run.device, torch.float32) / 255.0)
+        grad_var = gradient_variance(trainer.model, batch.expand(R, *batch.shape),
+                                     schedule_at(config, step), seeds, GRAD_VAR_SAMPLES)
+    wall = time.perf_counter() - run.start
+    lr_multiplier = learning_rate_factor(config.train, step - 1)  # of the last step trained
+    per_seed = []
+    for r, seed in enumerate(seeds):
+        metrics = {"seed": seed, **evaluation.metrics(r), **located.metrics(r),
+                   **(grad_var.metrics(r) if grad_var is not None else {}),
+                   "train/elbo": float(train_elbo[r]),
+                   "train/lr_multiplier": lr_multiplier,
+                   "diverged": float(progress.diverged_at[r] is not None)}
+        per_seed.append(metrics)
+        progress.histories[r].append({"step": step, "wall_s": wall, **metrics})
+        if (progress.converged_at[r] is None and progress.diverged_at[r] is None
+                and outcomes.converged(_accuracies(progress.histories[r]),
+                                       config.eval.threshold, config.eval.hold)):
+            progress.converged_at[r] = (step, wall)
+    progress.step = step
+    record = EvalRecord(step, wall, per_seed)
+    if out is not None:
+        append_metrics(out, record)
+        save_checkpoint(out, Checkpoint(
+            config=config.to_flat(), all_seeds=run.seeds, data=run.data_info,
+            finished=[asdict(result) for result in run.finished], seeds=seeds,
+            wall_s=wall, progress=progress, state=trainer.state_dict()))
+    if run.on_eval is not None:
+        run.on_eval(record)
+    if out is not None:  # a killed run keeps everything recorded so far
+        partial = run.finished + _seed_records(config, seeds, evaluation, progress,
+                                               run.heldout, None)
+        summarise(config, run.data_info, partial, wall, "running", out)
+    return per_seed
+
+
+def _accuracies(history: list[dict[str, float]]) -> list[float]:
+    return [row["eval/count_accuracy"] for row in history]
+
+
+def _seed_records(config: AIRConfig, seeds: list[int], last: Evaluation | None,
+                  progress: Progress, heldout: MultiMNIST, figures: list[str | None] | None
+                  ) -> list[SeedRecord]:
+    """Each seed labelled from its evaluations (airsearch.training.outcomes)."""
+    mean_true = float(heldout.counts.mean())
+    results = []
+    for r, seed in enumerate(seeds):
+        history, diverged_at = progress.histories[r], progress.diverged_at[r]
+        if last is None:  # zero training steps: nothing measured
+            outcome, final, confusion = "diverged", {}, []
+        else:
+            outcome = outcomes.label(
+                diverged=diverged_at is not None, accuracies=_accuracies(history),
+                threshold=config.eval.threshold, hold=config.eval.hold,
+                share_zero=float(last.share_inferred(0)[r]),
+                share_max=float(last.share_inferred(config.model.max_steps)[r]),
+                mean_count=float(last.mean_count[r]), mean_true=mean_true)
+            final = {k: v for k, v in history[-1].items() if k not in ("step", "wall_s")}
+            confusion = last.confusion[r].tolist()
+        hit = progress.converged_at[r]
+        results.append(SeedRecord(
+            seed=seed, outcome=outcome, final=final,
+            steps_to_converge=hit[0] if hit and outcome == "converged" else None,
+            seconds_to_converge=hit[1] if hit and outcome == "converged" else None,
+            confusion=confusion, history=history,
+            figure_path=figures[r] if figures else None, diverged_at_step=diverged_at))
+    return results
+
+
+def _progress_text(per_seed: list[dict[str, float]], threshold: float) -> str:
+    acc = [m["eval/count_accuracy"] for m in per_seed]
+    ok = sum(a >= threshold and not m["diverged"] for a, m in zip(acc, per_seed, strict=True))
+    elbo = np.mean([m["train/elbo"] for m in per_seed])
+    shown = " ".join(f"{a:.2f}" for a in acc[:8]) + (" ..." if len(acc) > 8 else "")
+    return f"acc {shown} | >= {threshold:g}: {ok}/{len(acc)} | train elbo {elbo:.1f}"
+
+
+@torch.no_grad()
+def _draw_figures(run: _Run, model: AIR, seeds: list[int], last: Evaluation | None,
+                  located: Localisation | None) -> list[str | None]:
+    """Each seed's reconstruction, attention and confusion figures in OUT/seed_<seed>/;
+    returns the reconstructions' paths (None where a replica's canvas is not finite)."""
+    if run.out is None:
+        return [None] * len(seeds)
+    device = next(model.parameters()).device
+    images = (torch.from_numpy(run.heldout.images[:FIGURE_IMAGES]).to(device, torch.float32)
+              / 255.0)
+    x = images.unsqueeze(0).expand(model.replicas, *images.shape)
+    inference = deterministic_inference(model, x)
+    canvas, _ = model.render(inference)
+    boxes = box_pixels(inference.z_where, model.canvas)
+    presence = torch.sigmoid(inference.pres_logits)
+    paths: list[str | None] = []
+    for r, seed in enumerate(seeds):
+        folder = run.out / f"seed_{seed}"
+        if torch.isfinite(canvas[r]).all():
+            paths.append(str(reconstruction_figure(
+                images.cpu().numpy(), canvas[r].cpu().numpy(), boxes[r].cpu().numpy(),
+                presence[r].cpu().numpy(), f"seed {seed}", folder / "reconstruction.png")))
+        else:
+            paths.append(None)
+        if last is not None and located is not None:  # the final evaluation saw these weights
+            attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
+                             model.canvas, f"seed {seed}: where each step attends (held-out)",
+                             folder / "attention.png")
+            confusion_figure([last.confusion[r].tolist()],
+                             [f"seed {seed}: counts on held-out images"],
+                             folder / "confusion.png")
+    return paths
