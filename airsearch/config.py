@@ -159,7 +159,7 @@ class TrainConfig:
                                low=0.0, high=10.0, low_open=True)
     batch_size: int = _knob(64, "images per step and replica", low=1, high=65536)
     grad_clip: float = _knob(1000.0, "per-replica gradient-norm clip of the model (0: off); the "
-                             "default recipe's norm is ~500 with rare spikes of 10,000+",
+                             "typical norms of the default recipe are in docs/recipe.md",
                              low=0.0)
     lr_schedule: str = _knob("cosine", "decay of both learning rates (model and baseline, "
                              "ratio kept) from 1 to train.lr_final between the fractions "
