@@ -102,12 +102,16 @@ def check_structure(uri: str, spec: StudySpec, configurations: int) -> None:
         spec.steps // spec.eval_every
 
 
-def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: None) -> None:
+def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: None,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = make_spec(tmp_path, "grid", {"mode": "grid", "space": {
         "init.decoder_bias": [-2.0, 0.0], "train.lr": [1e-3, DIVERGES]}}, max_concurrent=2)
-    outcome = runner.launch(spec, uri, show_progress=False)
+    outcome = runner.launch(spec, uri, show_progress=True)
     assert (outcome.trials, outcome.finished, outcome.errored) == (4, 4, 0)
+    # stderr is no terminal here (as under nohup): one progress line as each trial ends.
+    logged = capfd.readouterr().err
+    assert logged.count("[grid] trials ") >= 4 and "[grid] trials 4/4 done" in logged, logged
     check_structure(uri, spec, 4)
     report = load_report(uri, spec.name)
     diverged = [r for r in report.rows if r.values["train.lr"] == DIVERGES]

@@ -24,13 +24,19 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 from airsearch.stats import ALPHA, NEGLIGIBLE, Comparison, Rate, can_tell, compare, wilson  # noqa: E402
 from airsearch.study.tracking import (  # noqa: E402
     ALL_OUTCOMES,
+    BEST,
     COMPLETE,
     CONFIG_ID,
     CONFUSION,
+    ERROR_TAG,
     KIND,
+    MODE,
     OUTCOME,
+    OVERRIDES,
     REFERENCE,
+    STORAGE,
     STUDY,
+    TRIAL_COUNT,
     VARIED,
 )
 from airsearch.training.figures import confusion_figure  # noqa: E402
@@ -131,10 +137,10 @@ def load_report(tracking_uri: str, name: str) -> StudyReport:
             if row is not ref:
                 row.vs_reference = compare(Rate(row.k, row.n, row.low, row.high),
                                            Rate(ref.k, ref.n, ref.low, ref.high))
-    return StudyReport(name=name, mode=tags.get("airsearch.mode", "?"),
+    return StudyReport(name=name, mode=tags.get(MODE, "?"),
                        varied=[k for k in tags.get(VARIED, "").split(",") if k],
-                       expected=int(tags.get("airsearch.trial_count", 0)),
-                       storage=tags.get("airsearch.storage", ""), rows=rows,
+                       expected=int(tags.get(TRIAL_COUNT, 0)),
+                       storage=tags.get(STORAGE, ""), rows=rows,
                        running=len(runs) - len(rows), reference=reference)
 
 
@@ -143,13 +149,13 @@ def _row(run: Any) -> ConfigRow:
     k, n = int(m["converged"]), int(m["seeds_done"])
     rate = wilson(k, n)
     return ConfigRow(
-        config_id=tags[CONFIG_ID], values=json.loads(tags.get("airsearch.overrides", "{}")),
+        config_id=tags[CONFIG_ID], values=json.loads(tags.get(OVERRIDES, "{}")),
         k=k, n=n, rate=rate.value, low=rate.low, high=rate.high, objective=m["objective"],
         outcomes={o: int(m.get(f"outcome/{o}", 0)) for o in ALL_OUTCOMES
                   if m.get(f"outcome/{o}", 0)},
         mean_steps_to_converge=m.get("mean_steps_to_converge"),
         mean_seconds_to_converge=m.get("mean_seconds_to_converge"),
-        error=tags.get("airsearch.error", "").split("\n")[0],
+        error=tags.get(ERROR_TAG, "").split("\n")[0],
         confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None)
 
 
@@ -439,7 +445,7 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
     values = {"configurations_complete": float(len(report.rows))}
     if best is not None:
         values["best_convergence_rate"] = best.rate
-        client.set_tag(run_id, "airsearch.best_config_id", best.config_id)
+        client.set_tag(run_id, BEST, best.config_id)
     logged = client.get_run(run_id).data.metrics
     for key, value in values.items():
         if logged.get(key) != value:

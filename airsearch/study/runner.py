@@ -39,6 +39,7 @@ RAY_DIR = "ray"
 # Forwarded to workers so data loads the same on a cluster as on the driver.
 FORWARDED_ENV = ("AIRSEARCH_CACHE", "AIRSEARCH_MNIST_DIR")
 MAX_FAILURES = 3  # retries of a trial whose worker died (a lost node), on the nodes left
+LOG_EVERY_S = 300  # a launch logged to a file says where it stands this often
 
 
 @dataclass(frozen=True)
@@ -174,19 +175,28 @@ class ProgressCallback(tune.Callback):
         self.best: tuple[float, str] = (-1.0, "")
         self.reached: dict[str, int] = {}  # trial id -> training steps done
         self.first: tuple[float, int] | None = None  # (time, steps) when this launch first heard
+        self.logged = (0, time.time())  # (trials done, time) at the last line written to a log
+        self.ended: set[str] = set()  # ids of the trials that finished or died
+        self.last_line = ""
 
     def _show(self, trials: list, final: bool) -> None:
         if not self.enabled:
             return
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
+        # Ray calls on_trial_complete before it marks the trial TERMINATED: count it ended.
+        self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        done = len(self.ended)
+        running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
         best = (f"best {self.best[1]}" if self.best[0] >= 0 else "best -")
         line = (f"[{self.name}] trials {done}/{self.expected} done, {running} running, "
                 f"{self._steps_and_eta(len(trials))}, {best}")
         tty = sys.stderr.isatty()
-        if tty or final:
+        # Redirected to a log (a launch under nohup), a line whenever a trial ends and at
+        # least every LOG_EVERY_S, instead of rewriting one line in place.
+        due = done != self.logged[0] or time.time() - self.logged[1] >= LOG_EVERY_S
+        if tty or ((final or due) and line != self.last_line):
             sys.stderr.write(("\r" if tty else "") + line + ("\n" if not tty else ""))
             sys.stderr.flush()
+            self.logged, self.last_line = (done, time.time()), line
 
     def _steps_and_eta(self, trials: int) -> str:
         """Steps of all configurations (the ones Ray holds, at least the study's count)."""
@@ -214,11 +224,13 @@ class ProgressCallback(tune.Callback):
         self._show(trials, final=False)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
         self._show(trials, final=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         sys.stderr.write(f"\n[{self.name}] trial {trial.trial_id} died (Ray: {trial.error_file}"
                          ")\n")
+        self.ended.add(trial.trial_id)
         self._show(trials, final=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

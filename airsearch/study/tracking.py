@@ -50,6 +50,12 @@ OUTCOME = "airsearch.outcome"
 TRIAL_ID = "airsearch.trial_id"
 VARIED = "airsearch.varied"
 REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
+MODE = "airsearch.mode"  # grid or optuna
+TRIAL_COUNT = "airsearch.trial_count"
+STORAGE = "airsearch.storage"  # the study's results folder
+OVERRIDES = "airsearch.overrides"  # a configuration's values, JSON
+ERROR_TAG = "airsearch.error"  # why a configuration failed
+BEST = "airsearch.best_config_id"  # on the report run
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
 CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds
 WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
@@ -128,9 +134,9 @@ class StudyTracker:
         self._parents: dict[str, str] = {}
         self._seeds: dict[str, dict[int, SeedRun]] = {}  # config id -> seed -> its run
         experiment = self.client.get_experiment_by_name(spec.name)
-        tags = {STUDY: spec.name, "airsearch.mode": spec.mode, "airsearch.spec": spec.path,
-                "airsearch.storage": spec.storage, VARIED: ",".join(spec.varied),
-                "airsearch.trial_count": str(spec.trial_count),
+        tags = {STUDY: spec.name, MODE: spec.mode, "airsearch.spec": spec.path,
+                STORAGE: spec.storage, VARIED: ",".join(spec.varied),
+                TRIAL_COUNT: str(spec.trial_count),
                 "airsearch.seeds": str(len(spec.seeds)),
                 REFERENCE: spec.reference_id, EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                 "mlflow.note.content": spec.question or spec.name}
@@ -162,7 +168,7 @@ class StudyTracker:
             else:
                 tags = {KIND: "configuration", STUDY: self.spec.name, CONFIG_ID: cid,
                         TRIAL_ID: trial_id, VARIED: ",".join(self.spec.varied),
-                        "airsearch.overrides": json.dumps(overrides, sort_keys=True)}
+                        OVERRIDES: json.dumps(overrides, sort_keys=True)}
                 run = self.client.create_run(self.experiment_id, run_name=run_name(overrides),
                                              tags=tags)
                 params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
@@ -260,7 +266,7 @@ class StudyTracker:
                 *(RunTag(f"airsearch.{key}", str(result[key])) for key in PLACEMENT
                   if result.get(key) not in (None, ""))]
         if result["error"]:
-            tags.append(RunTag("airsearch.error", result["error"][:7000]))
+            tags.append(RunTag(ERROR_TAG, result["error"][:7000]))
         matrices = [rec.confusion for rec in seeds if rec.confusion]
         if matrices:  # every seed of a configuration has the same counts, so the same shape
             tags.append(RunTag(CONFUSION, json.dumps(np.sum(matrices, axis=0).tolist())))
