@@ -51,8 +51,8 @@ from airsearch.training.checkpoint import (
     schedule_change,
     set_aside,
 )
-from airsearch.training.outcomes import converged
-from airsearch.training.records import SeedRecord, rate_of
+from airsearch.training.outcomes import CONVERGED, DIVERGED
+from airsearch.training.records import EvalRecord, SeedRecord, rate_of
 
 ACCURACY = "eval/count_accuracy"
 TRIALS_DIR = "trials"
@@ -71,17 +71,11 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
                  "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
                  "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
                  "started_at": started, "resumed_from_step": 0}
-    history: dict[int, list[dict[str, float]]] = {s: [] for s in spec.seeds}
 
-    def on_eval(record: Any) -> None:
-        # Rows as the seed's history holds them, so live and final logging agree.
+    def on_eval(record: EvalRecord) -> None:
         rows = [{"step": record.step, "wall_s": record.wall_s, **row} for row in record.per_seed]
-        for row in rows:
-            history[int(row["seed"])].append(row)
-        rate = wilson(sum(_holds(rows, spec) for rows in history.values()), len(spec.seeds))
-        accuracy = _mean(rows[-1].get(ACCURACY, math.nan) for rows in history.values()
-                         if rows and not rows[-1].get("diverged", 0))
-        tune.report({OBJECTIVE: spec.objective(rate.value, accuracy),
+        rate = wilson(sum(rec.outcome == CONVERGED for rec in record.seeds), len(spec.seeds))
+        tune.report({OBJECTIVE: spec.objective(rate.value, _accuracy(record.seeds)),
                      "convergence_rate": rate.value, "wilson_low": rate.low,
                      "wilson_high": rate.high, "step": record.step, "finished": 0,
                      "per_seed": {str(int(row["seed"])): row for row in rows},
@@ -94,10 +88,6 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
             resume = resumable_checkpoint(out, config, spec.seeds)
             if resume is not None:
                 placement["resumed_from_step"] = resume.step
-                for fields in resume.finished:
-                    history[int(fields["seed"])] = list(fields["history"])
-                for seed, rows in zip(resume.seeds, resume.progress.histories, strict=True):
-                    history[seed] = list(rows)
             summary = train_seeds(config, spec.seeds, out_dir=out, on_eval=on_eval,
                                   device=device, progress=False, resume=resume)
             seeds = [_relative_figure(record, out) for record in summary.seeds]
@@ -164,10 +154,7 @@ def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[SeedRe
                   ) -> dict[str, Any]:
     """The trial's last report: the rate, and per-seed records as JSON strings (not flattened)."""
     rate = rate_of(seeds)
-    # A diverged seed's accuracy is that of frozen, broken weights: it must not rank anything.
-    accuracy = _mean(rec.final.get(ACCURACY, math.nan) for rec in seeds
-                     if rec.outcome != "diverged")
-    return {OBJECTIVE: spec.objective(rate.value, accuracy), "convergence_rate": rate.value,
+    return {OBJECTIVE: spec.objective(rate.value, _accuracy(seeds)), "convergence_rate": rate.value,
             "wilson_low": rate.low, "wilson_high": rate.high, "converged": rate.k,
             "seeds_done": rate.n, "finished": 1, "error": error,
             "overrides_json": json.dumps(overrides, sort_keys=True),
@@ -183,10 +170,10 @@ def _relative_figure(record: SeedRecord, out_dir: Path) -> SeedRecord:
     return replace(record, figure_path=figure)
 
 
-def _holds(rows: list[dict[str, float]], spec: StudySpec) -> bool:
-    """The study's convergence rule applied to the evaluations seen so far."""
-    accuracies = [r.get(ACCURACY, 0.0) for r in rows]
-    return converged(accuracies, spec.threshold, spec.hold) and not rows[-1].get("diverged", 0)
+def _accuracy(seeds: list[SeedRecord]) -> float:
+    """Mean last held-out accuracy, the tie-break. A diverged seed's accuracy is that of
+    frozen, broken weights: it must not rank anything."""
+    return _mean(rec.final.get(ACCURACY, math.nan) for rec in seeds if rec.outcome != DIVERGED)
 
 
 def _mean(values: Any) -> float:

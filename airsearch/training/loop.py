@@ -198,7 +198,8 @@ def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evalua
                                        config.eval.threshold, config.eval.hold)):
             progress.converged_at[r] = (step, wall)
     progress.step = step
-    record = EvalRecord(step, wall, per_seed)
+    so_far = run.finished + _seed_records(config, seeds, evaluation, progress, run.heldout, None)
+    record = EvalRecord(step, wall, per_seed, so_far)
     if out is not None:
         append_metrics(out, record)
         save_checkpoint(out, Checkpoint(
@@ -208,9 +209,7 @@ def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evalua
     if run.on_eval is not None:
         run.on_eval(record)
     if out is not None:  # a killed run keeps everything recorded so far
-        partial = run.finished + _seed_records(config, seeds, evaluation, progress,
-                                               run.heldout, None)
-        summarise(config, run.data_info, partial, wall, "running", out)
+        summarise(config, run.data_info, so_far, wall, "running", out)
     return per_seed
 
 
@@ -227,7 +226,7 @@ def _seed_records(config: AIRConfig, seeds: list[int], last: Evaluation | None,
     for r, seed in enumerate(seeds):
         history, diverged_at = progress.histories[r], progress.diverged_at[r]
         if last is None:  # zero training steps: nothing measured
-            outcome, final, confusion = "diverged", {}, []
+            outcome, final, confusion = outcomes.DIVERGED, {}, []
         else:
             outcome = outcomes.label(
                 diverged=diverged_at is not None, accuracies=_accuracies(history),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 OUTCOMES = ("converged", "collapsed_to_zero", "collapsed_to_max", "over_counting",
             "under_counting", "diverged")
-CONVERGED = OUTCOMES[0]
+CONVERGED, DIVERGED = OUTCOMES[0], OUTCOMES[-1]
 ERROR = "error"  # not a training outcome: the configuration failed before any result
 
 COLLAPSE_SHARE = 0.9

@@ -27,15 +27,6 @@ from airsearch.training.outcomes import CONVERGED, ERROR
 
 
 @dataclass
-class EvalRecord:
-    """Handed to `on_eval` after every held-out evaluation."""
-
-    step: int
-    wall_s: float
-    per_seed: list[dict[str, float]]
-
-
-@dataclass
 class SeedRecord:
     """One seed's result: its outcome, final metrics, time to converge and every evaluation."""
 
@@ -64,6 +55,18 @@ class SeedRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SeedRecord:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class EvalRecord:
+    """Handed to `on_eval` after every held-out evaluation."""
+
+    step: int
+    wall_s: float
+    per_seed: list[dict[str, float]]  # this evaluation's metrics of the seeds in training
+    # Every seed begun so far, labelled as if training stopped here: a rate so far uses the
+    # same rule as the final one.
+    seeds: list[SeedRecord] = field(default_factory=list)
 
 
 def rate_of(records: list[SeedRecord]) -> Rate:
