@@ -1,8 +1,8 @@
 """Every number that changes with the training step, as pure functions of (config, step).
 
-A training step evaluates them once, into one `Schedule`, and hands it to the loss and the
-optimiser; evaluation and diagnostics take the schedule of the step they look at. Keeping
-them together shows at a glance what a run anneals:
+A training step evaluates each once: the loss's into one `Schedule` (evaluation and
+diagnostics take the schedule of the step they look at), the optimiser's learning-rate factor
+on its own. Keeping them together shows at a glance what a run anneals:
   z_pres prior   the success probability of the count prior: high at the start so the model
                  explores using its steps, low at the end so each extra step must pay for
                  itself (Kosiorek: 1-1e-15 -> 1e-7 exponentially over 1e5 steps after 1e3).
@@ -21,20 +21,18 @@ from airsearch.config import AIRConfig, EstimatorConfig, TrainConfig, ZPresPrior
 
 @dataclass(frozen=True)
 class Schedule:
-    """The step-dependent numbers of one training step."""
+    """The step-dependent numbers the loss of one training step uses."""
 
     prior_logit: float  # log-odds of the count prior's success probability
     temperature: float  # relaxed estimator's Concrete temperature
     reinforce_weight: float = 1.0  # weight of the score-function term
-    learning_rate_factor: float = 1.0  # multiplier on the configured learning rates
 
 
 def schedule_at(config: AIRConfig, step: int) -> Schedule:
-    """Every schedule of `config` at training step `step` (0-based)."""
+    """The loss's schedules of `config` at training step `step` (0-based)."""
     return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, step),
                     temperature=temperature(config.estimator, step),
-                    reinforce_weight=warmup_weight(config.estimator, step),
-                    learning_rate_factor=learning_rate_factor(config.train, step))
+                    reinforce_weight=warmup_weight(config.estimator, step))
 
 
 def progress(step: int, hold: int, duration: int) -> float:

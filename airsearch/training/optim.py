@@ -34,7 +34,7 @@ def build_optimizer(model: AIR, train: TrainConfig) -> torch.optim.Optimizer:
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """Scale every group's rate from its configured value (kept as 'initial_lr') by `factor`
-    (the step's Schedule.learning_rate_factor)."""
+    (airsearch.schedules.learning_rate_factor of the step)."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
 

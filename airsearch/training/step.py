@@ -13,7 +13,7 @@ import torch
 
 from airsearch.config import AIRConfig
 from airsearch.model.air import AIR, LossTerms, Noise
-from airsearch.schedules import schedule_at
+from airsearch.schedules import learning_rate_factor, schedule_at
 from airsearch.training.optim import ReplicaGuard, build_optimizer, set_learning_rates
 
 DATA_STREAM, NOISE_STREAM = 1, 2  # per-seed generator streams, apart from the init stream
@@ -109,7 +109,7 @@ class ReplicaStep:
 
     def update(self, step: int, losses: torch.Tensor) -> torch.Tensor:
         """Guard (clip, freeze the newly diverged), then the optimiser step; returns that mask."""
-        set_learning_rates(self.optimizer, schedule_at(self.config, step).learning_rate_factor)
+        set_learning_rates(self.optimizer, learning_rate_factor(self.config.train, step))
         newly = self.guard.before_step(losses)
         self.optimizer.step()
         self.guard.after_step()
