@@ -19,6 +19,7 @@ import torch
 
 from airsearch.config import AIRConfig, parse_assignments
 from airsearch.training.loop import train_seeds
+from airsearch.training.outcomes import ACCURACY
 
 
 @click.command()
@@ -37,7 +38,7 @@ def main(seeds: str, max_steps: int, eval_every: int, assignments: tuple[str, ..
             summary = train_seeds(config, [seed], out_dir=Path(out), progress=False)
         result = summary.seeds[0]
         hit = next((h for h in result.history
-                    if h["eval/count_accuracy"] >= config.eval.threshold), None)
+                    if h[ACCURACY] >= config.eval.threshold), None)
         if hit is None:
             seconds.append(float("inf"))
             print(f"seed {seed}: not reached in {max_steps} steps ({result.outcome}, final "

@@ -40,6 +40,7 @@ from airsearch.study.tracking import (  # noqa: E402
     VARIED,
 )
 from airsearch.training.figures import confusion_figure  # noqa: E402
+from airsearch.training.outcomes import ACCURACY  # noqa: E402
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -312,7 +313,7 @@ def plot_configurations(report: StudyReport, out_dir: Path) -> Path | None:
     return path
 
 
-CURVES = ("eval/count_accuracy", "eval/presence_step_1", "eval/iou")
+CURVES = (ACCURACY, "eval/presence_step_1", "eval/iou")
 OUTCOME_COLOURS = {"converged": "C2", "collapsed_to_zero": "C3", "collapsed_to_max": "C1",
                    "over_counting": "C4", "under_counting": "C0", "counting_error": "C5",
                    "diverged": "k", "error": "grey"}

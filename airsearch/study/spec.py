@@ -75,10 +75,11 @@ from airsearch.config import (
     knob_specs,
     unknown_key_message,
 )
+from airsearch.training.outcomes import ACCURACY
 
 MODES = ("grid", "optuna")
 SAMPLERS = ("tpe", "random")
-TIE_BREAKS = ("eval/count_accuracy", "none")
+TIE_BREAKS = (ACCURACY, "none")
 TIE_BREAK_WEIGHT = 1e-3
 MAX_SEEDS = 999
 # Set by the study's own sections (training, convergence), never by `config` or `space`.

@@ -51,10 +51,9 @@ from airsearch.training.checkpoint import (
     schedule_change,
     set_aside,
 )
-from airsearch.training.outcomes import CONVERGED, DIVERGED
+from airsearch.training.outcomes import ACCURACY, CONVERGED, DIVERGED
 from airsearch.training.records import EvalRecord, SeedRecord, rate_of
 
-ACCURACY = "eval/count_accuracy"
 TRIALS_DIR = "trials"
 LOCK = ".lock"
 

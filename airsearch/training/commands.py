@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from airsearch.config import AIRConfig, ConfigError, knob_specs, parse_assignments
+from airsearch.training.outcomes import ACCURACY
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -121,7 +122,7 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         raise SystemExit(130) from None
     click.echo(f"data: {summary.data['source']}")
     for result in summary.seeds:
-        acc = result.final.get("eval/count_accuracy", float("nan"))
+        acc = result.final.get(ACCURACY, float("nan"))
         when = (f", reached at step {result.steps_to_converge} ({result.seconds_to_converge:.0f} s)"
                 if result.steps_to_converge else "")
         click.echo(f"seed {result.seed}: {result.outcome} (held-out count accuracy {acc:.3f}"

@@ -15,6 +15,7 @@ import torch
 from airsearch.model.air import AIR, Inference, Noise
 from airsearch.model.spatial import box_pixels
 from airsearch.schedules import Schedule
+from airsearch.training.outcomes import ACCURACY
 
 EVAL_NOISE_OFFSET = 1_000_003  # eval noise generators are seeded apart from training ones
 
@@ -37,7 +38,7 @@ class Evaluation:
 
     def metrics(self, r: int) -> dict[str, float]:
         """Replica r's numbers under the project-wide metric names."""
-        out = {"eval/count_accuracy": float(self.accuracy[r]),
+        out = {ACCURACY: float(self.accuracy[r]),
                "eval/elbo": float(self.elbo[r]),
                "eval/mean_count": float(self.mean_count[r])}
         for k, share in enumerate(self.presence[r].tolist(), start=1):

@@ -214,7 +214,7 @@ def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evalua
 
 
 def _accuracies(history: list[dict[str, float]]) -> list[float]:
-    return [row["eval/count_accuracy"] for row in history]
+    return [row[outcomes.ACCURACY] for row in history]
 
 
 def _seed_records(config: AIRConfig, seeds: list[int], last: Evaluation | None,
@@ -247,7 +247,7 @@ def _seed_records(config: AIRConfig, seeds: list[int], last: Evaluation | None,
 
 
 def _progress_text(per_seed: list[dict[str, float]], threshold: float) -> str:
-    acc = [m["eval/count_accuracy"] for m in per_seed]
+    acc = [m[outcomes.ACCURACY] for m in per_seed]
     ok = sum(a >= threshold and not m["diverged"] for a, m in zip(acc, per_seed, strict=True))
     elbo = np.mean([m["train/elbo"] for m in per_seed])
     shown = " ".join(f"{a:.2f}" for a in acc[:8]) + (" ..." if len(acc) > 8 else "")

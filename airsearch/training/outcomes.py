@@ -16,6 +16,7 @@ OUTCOMES = ("converged", "collapsed_to_zero", "collapsed_to_max", "over_counting
             "under_counting", "diverged")
 CONVERGED, DIVERGED = OUTCOMES[0], OUTCOMES[-1]
 ERROR = "error"  # not a training outcome: the configuration failed before any result
+ACCURACY = "eval/count_accuracy"  # the held-out metric the rule reads, logged under this name
 
 COLLAPSE_SHARE = 0.9
 
