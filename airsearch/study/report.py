@@ -315,7 +315,7 @@ def plot_configurations(report: StudyReport, out_dir: Path) -> Path | None:
 
 CURVES = (ACCURACY, "eval/presence_step_1", "eval/iou")
 OUTCOME_COLOURS = {"converged": "C2", "collapsed_to_zero": "C3", "collapsed_to_max": "C1",
-                   "over_counting": "C4", "under_counting": "C0", "counting_error": "C5",
+                   "over_counting": "C4", "under_counting": "C0",
                    "diverged": "k", "error": "grey"}
 
 
