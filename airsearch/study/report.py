@@ -353,12 +353,15 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
+    for col in range(cols):  # the lowest panel of each column, so the legend never covers it
+        lowest = axes[(len(rows) - 1 - col) // cols, col]
+        lowest.tick_params(labelbottom=True)
+        lowest.set_xlabel("training step", fontsize=8)
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7,
                frameon=False)
-    fig.supxlabel("training step", fontsize=8, y=0.06)
     fig.supylabel(metric, fontsize=8)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"seeds_{metric.replace('/', '_')}.png"
     fig.savefig(path, dpi=100)
