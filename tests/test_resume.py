@@ -245,13 +245,18 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, str(root / "cli.py"), "train", *SETS, "--set", "train.steps=100000",
                "--out", str(out)]
-    run = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONFAULTHANDLER": "1"}
+    run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and run.poll() is None:
         time.sleep(0.2)
     run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=120)
+    try:
+        _, stderr = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is
+        pytest.fail("train ignored Ctrl-C for 120 s:\n" + run.communicate()[1][-4000:])
     assert run.returncode == 130, stderr[-2000:]
     assert f"go on with `python cli.py train --resume {out}`" in stderr
     step = load_checkpoint(out).step
