@@ -26,6 +26,7 @@ from airsearch.stats import wilson
 from airsearch.study import runner
 from airsearch.study.report import load_report, render, write_report
 from airsearch.study.spec import StudySpec, config_id, load_spec
+from airsearch.study.tracking import CONFIG_ID, KIND, MLFLOW_PARENT_RUN_ID, SEED, StudyTracker
 from airsearch.training.loop import train_seeds
 
 pytestmark = pytest.mark.slow
@@ -316,6 +317,32 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     finished = [t.last_result["config_id"] for t in trials if t.last_result.get("finished")]
     assert sorted(finished) == sorted(
         p.data.tags["airsearch.config_id"] for p in runs(uri, "resume", "configuration"))
+
+
+def test_runs_left_without_params_by_a_kill_get_them_on_resume(tmp_path: Path) -> None:
+    """A driver killed between creating a run and logging its params (seen in CI) leaves runs
+    with tags only; the resumed launch's tracker completes their params."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "bare", {"mode": "grid", "space": {
+        "init.decoder_bias": [-2.0]}})
+    overrides = {"init.decoder_bias": -2.0}
+    cid = config_id(overrides)
+    killed = StudyTracker(uri, spec)
+    parent = killed.client.create_run(killed.experiment_id, run_name="bare",
+                                      tags={KIND: "configuration", CONFIG_ID: cid})
+    killed.client.create_run(killed.experiment_id, run_name="bare / seed 0",
+                             tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id, KIND: "seed",
+                                   CONFIG_ID: cid, SEED: "0"})
+    resumed = StudyTracker(uri, spec)
+    parent = resumed.parent(cid, overrides, "trial")
+    seed_runs = resumed.seed_runs(cid, parent, overrides)
+    assert sorted(seed_runs) == list(spec.seeds)
+    flat = spec.config_for(overrides).to_flat()
+    assert parent.data.params == {k: str(v) for k, v in flat.items()}
+    for seed, seed_run in seed_runs.items():
+        params = resumed.client.get_run(seed_run.run_id).data.params
+        assert params == {**{k: str(v) for k, v in flat.items()}, "seed": str(seed)}
+    assert len(runs(uri, "bare", "seed")) == len(spec.seeds)  # found, not created twice
 
 
 def test_configuration_killed_midway_resumes_from_its_checkpoint(tmp_path: Path) -> None:

@@ -163,7 +163,9 @@ class StudyTracker:
         if cid not in self._parents:
             found = self._runs(f"tags.`{KIND}` = 'configuration' and tags.`{CONFIG_ID}` = "
                                f"'{cid}'")
+            params = self._flat(overrides)
             if found:
+                self._log_missing_params(found[0], params)
                 self._parents[cid] = found[0].info.run_id
             else:
                 tags = {KIND: "configuration", STUDY: self.spec.name, CONFIG_ID: cid,
@@ -171,10 +173,16 @@ class StudyTracker:
                         OVERRIDES: json.dumps(overrides, sort_keys=True)}
                 run = self.client.create_run(self.experiment_id, run_name=run_name(overrides),
                                              tags=tags)
-                params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
-                self.client.log_batch(run.info.run_id, params=params)
+                self._log_missing_params(run, params)
                 self._parents[cid] = run.info.run_id
         return self.client.get_run(self._parents[cid])
+
+    def _log_missing_params(self, run: Any, params: dict[str, Any]) -> None:
+        """Log the params a run lacks: a driver killed between creating a run and logging its
+        params leaves a run without them, which the resumed launch completes."""
+        missing = [Param(k, str(v)) for k, v in params.items() if k not in run.data.params]
+        if missing:
+            self.client.log_batch(run.info.run_id, params=missing)
 
     def _flat(self, overrides: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -202,21 +210,18 @@ class StudyTracker:
     def seed_runs(self, cid: str, parent: Any, overrides: dict[str, Any]) -> dict[int, SeedRun]:
         """The configuration's seed runs, found or created."""
         if cid not in self._seeds:
-            found = {int(run.data.tags[SEED]): SeedRun(run.info.run_id,
-                                                       int(run.data.tags.get(LAST_STEP, -1)))
-                     for run in self._runs(f"tags.`{MLFLOW_PARENT_RUN_ID}` = "
-                                           f"'{parent.info.run_id}'")}
-            params = [Param(k, str(v)) for k, v in self._flat(overrides).items()]
+            existing = {int(run.data.tags[SEED]): run for run in self._runs(
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")}
+            params = self._flat(overrides)
+            found: dict[int, SeedRun] = {}
             for seed in self.spec.seeds:
-                if seed in found:
-                    continue
-                run = self.client.create_run(
+                run = existing[seed] if seed in existing else self.client.create_run(
                     self.experiment_id, run_name=f"{run_name(overrides)} / seed {seed}",
                     tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id, KIND: "seed",
                           STUDY: self.spec.name, CONFIG_ID: cid, SEED: str(seed),
                           OUTCOME: RUNNING})
-                self.client.log_batch(run.info.run_id, params=[*params, Param("seed", str(seed))])
-                found[seed] = SeedRun(run.info.run_id, -1)
+                self._log_missing_params(run, {**params, "seed": seed})
+                found[seed] = SeedRun(run.info.run_id, int(run.data.tags.get(LAST_STEP, -1)))
             self._seeds[cid] = found
         return self._seeds[cid]
 
