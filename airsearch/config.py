@@ -66,6 +66,13 @@ class ModelConfig:
     residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
+    blur_px: float = _knob(0.0, "sd in pixels of a Gaussian blur under which the objective also "
+                           "compares image and reconstruction early in training (0: off): a "
+                           "window that misses a small digit then still gets a gradient "
+                           "towards it", low=0.0, high=64.0)
+    blur_until: float = _knob(0.3, "fraction of train.steps over which the blurred comparison's "
+                              "weight falls linearly from 1 to 0", low=0.0, high=1.0,
+                              low_open=True)
 
 
 @dataclass

@@ -9,6 +9,7 @@ on its own. Keeping them together shows at a glance what a run anneals:
   learning rate  a multiplier on both groups' rates, decaying late in the run.
   REINFORCE      the score term's weight, warmed up from 0 (estimator.reinforce_warmup).
   temperature    the Concrete temperature of the relaxed estimator.
+  blur           the weight of the blurred image comparison (model.blur_px), 1 -> 0 early on.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ class Schedule:
     prior_logit: float  # log-odds of the count prior's success probability
     temperature: float  # relaxed estimator's Concrete temperature
     reinforce_weight: float = 1.0  # weight of the score-function term
+    blur_weight: float = 0.0  # weight of the blurred image comparison in the objective
 
 
 def schedule_at(config: AIRConfig, step: int) -> Schedule:
     """The loss's schedules of `config` at training step `step` (0-based)."""
     return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, step),
                     temperature=temperature(config.estimator, step),
-                    reinforce_weight=warmup_weight(config.estimator, step))
+                    reinforce_weight=warmup_weight(config.estimator, step),
+                    blur_weight=blur_weight(config, step))
 
 
 def progress(step: int, hold: int, duration: int) -> float:
@@ -86,6 +89,14 @@ def warmup_weight(estimator: EstimatorConfig, step: int | None) -> float:
     if step is None or estimator.reinforce_warmup == 0:
         return 1.0
     return min(step / estimator.reinforce_warmup, 1.0)
+
+
+def blur_weight(config: AIRConfig, step: int) -> float:
+    """Weight of the blurred comparison: 1 -> 0 linearly over model.blur_until of train.steps
+    (0 throughout without a blur)."""
+    if config.model.blur_px == 0:
+        return 0.0
+    return 1.0 - progress(step, 0, max(1, round(config.model.blur_until * config.train.steps)))
 
 
 def temperature(estimator: EstimatorConfig, step: int | None) -> float:

@@ -7,7 +7,9 @@ Reads top-down in the order data flows:
   model:  z_what -> glimpse decoder -> spatial transformer writes it -> canvas = sum of the
           first n written glimpses -> Gaussian pixel likelihood; Normal priors on what/where,
           NumSteps prior with the annealed success probability.
-The loss is the negative ELBO plus REINFORCE for the discrete n, with a neural baseline.
+The loss is the negative ELBO plus REINFORCE for the discrete n, with a neural baseline; early
+in training it may also compare blurred images (model.blur_px), which the ELBO reported leaves
+out.
 
 Shapes: R replicas, B images, K steps, H x W canvas, G x G glimpse, D = z_what size.
 """
@@ -22,7 +24,7 @@ from torch.nn import functional as F
 
 from airsearch.config import AIRConfig
 from airsearch.model import estimators
-from airsearch.model.distributions import NumSteps, gaussian_log_lik, normal_kl
+from airsearch.model.distributions import NumSteps, blur_matrix, gaussian_log_lik, normal_kl
 from airsearch.model.replicated import (
     ReplicatedLinear,
     ReplicatedLSTMCell,
@@ -106,6 +108,7 @@ class ElboTerms:
     """The ELBO's pieces for one batch, which every estimator builds its objective from."""
 
     log_lik: torch.Tensor     # (R, B) Gaussian log-likelihood of the canvas of n objects
+    blurred_fit: torch.Tensor  # (R, B) the early blurred comparison (AIR.blurred_fit), or 0
     kl_steps: torch.Tensor    # (R, B, K) what + where KL of each step, present or not
     present: torch.Tensor     # (R, B, K) 0/1 mask of the first n steps
     kl_objects: torch.Tensor  # (R, B) KLs of the present steps
@@ -116,6 +119,11 @@ class ElboTerms:
     @property
     def elbo(self) -> torch.Tensor:
         return self.log_lik - self.kl_objects - self.kl_n
+
+    @property
+    def fitted_log_lik(self) -> torch.Tensor:
+        """The likelihood the training objective fits: the ELBO's plus the blurred comparison."""
+        return self.log_lik + self.blurred_fit
 
 
 class AIR(nn.Module):
@@ -154,6 +162,9 @@ class AIR(nn.Module):
         self.register_buffer("where_prior_loc", torch.tensor([scale_loc, 0.0, 0.0]))
         self.register_buffer("where_prior_sd",
                              torch.tensor([scale_sd, p.where_shift_sd, p.where_shift_sd]))
+        # Not saved: it follows from the config, and checkpoints stay loadable across blurs.
+        self.register_buffer("blur", blur_matrix(d.canvas_size, m.blur_px) if m.blur_px > 0
+                             else None, persistent=False)
         self._init_weights([torch.Generator().manual_seed(s) for s in seeds])
 
     # ----------------------------------------------------------------------------- init
@@ -264,6 +275,7 @@ class AIR(nn.Module):
         estimator of estimator.kind for n (airsearch.model.estimators), at `schedule`'s step."""
         canvas, _ = self.render(inference)
         log_lik = gaussian_log_lik(x, canvas, self.config.model.likelihood_sd)  # (R, B)
+        coarse = self.blurred_fit(x, canvas, schedule.blur_weight)  # (R, B)
         present = inference.present  # (R, B, K)
         kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
                              self.where_prior_sd).sum(-1)
@@ -271,13 +283,13 @@ class AIR(nn.Module):
         kl_steps = kl_where + kl_what
         q_n = inference.num_steps
         p_n = NumSteps(torch.full_like(inference.pres_logits, schedule.prior_logit))
-        terms = ElboTerms(log_lik=log_lik, kl_steps=kl_steps, present=present,
+        terms = ElboTerms(log_lik=log_lik, blurred_fit=coarse, kl_steps=kl_steps, present=present,
                           kl_objects=(kl_steps * present).sum(-1), q_n=q_n, p_n=p_n,
                           kl_n=q_n.kl(p_n))
 
         # Everything in the ELBO that depends on the sampled n, except the analytic KL of n.
         # The baseline learns it under every kind, so its parameter group always has a gradient.
-        signal = (log_lik - terms.kl_objects).detach()
+        signal = (terms.fitted_log_lik - terms.kl_objects).detach()
         baseline = self.baseline(self._baseline_input(x, inference)).squeeze(-1)  # (R, B)
         signal, advantage = self._advantage(signal, baseline.detach())
         surrogate = estimators.surrogate_objective(self, x, inference, terms, advantage,
@@ -285,6 +297,17 @@ class AIR(nn.Module):
         return LossTerms(model_loss=-surrogate.mean(-1),
                          baseline_loss=(signal - baseline).pow(2).mean(-1),
                          elbo=terms.elbo.detach(), n=inference.n)
+
+    def blurred_fit(self, x: torch.Tensor, canvas: torch.Tensor, weight: float) -> torch.Tensor:
+        """(R, B) `weight` x how well the blurred canvas fits the blurred image (Gaussian, up to
+        a constant; zero without model.blur_px). A window that misses a small digit gets no
+        gradient from the sharp likelihood, since bilinear sampling only sees neighbouring
+        pixels; under the blur, moving towards the digit already pays."""
+        if self.blur is None or weight == 0.0:
+            return x.new_zeros(x.shape[:2])
+        blurred = lambda image: self.blur @ image @ self.blur.T  # noqa: E731  (R, B, H, W)
+        sd = self.config.model.likelihood_sd
+        return weight * (-0.5 * ((blurred(x) - blurred(canvas)) / sd).pow(2)).sum(dim=(-1, -2))
 
     def _advantage(self, signal: torch.Tensor, baseline: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:

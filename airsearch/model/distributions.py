@@ -62,6 +62,14 @@ def gaussian_log_lik(x: torch.Tensor, canvas: torch.Tensor, sd: float) -> torch.
         math.log(sd) + 0.5 * math.log(2 * math.pi))
 
 
+def blur_matrix(size: int, sd_px: float) -> torch.Tensor:
+    """(size, size) Gaussian kernel over pixel offsets, each row summing to 1: M @ image @ M.T
+    blurs an image (the kernel is separable), with nothing from beyond the border."""
+    offsets = torch.arange(size, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * ((offsets[:, None] - offsets[None, :]) / sd_px).pow(2))
+    return kernel / kernel.sum(dim=1, keepdim=True)
+
+
 def normal_kl(loc: torch.Tensor, sd: torch.Tensor, prior_loc: torch.Tensor | float,
               prior_sd: torch.Tensor | float) -> torch.Tensor:
     """KL(N(loc, sd) || N(prior_loc, prior_sd)) elementwise."""

@@ -39,7 +39,7 @@ def surrogate_objective(model: AIR, x: torch.Tensor, inference: Inference, elbo:
     """(R, B) objective whose gradient is estimator.kind's estimate of the ELBO's gradient."""
     kind = model.config.estimator.kind
     if kind == "relaxed":
-        return relaxed(model, x, inference, elbo, schedule.temperature)
+        return relaxed(model, x, inference, elbo, schedule)
     if kind == "vimco" and model.training:  # held-out batches carry no particles
         return vimco(model, inference, elbo)
     return reinforce(model, inference, elbo, advantage, schedule.reinforce_weight)
@@ -56,7 +56,7 @@ def reinforce(model: AIR, inference: Inference, elbo: ElboTerms, advantage: torc
     # The analytic KL of n is the other half of n's objective: it is divided by the same NVIL
     # scale as the score term. Dividing only the score would weigh the count prior `scale`
     # times (tens of nats) more than the evidence and switch steps off.
-    return elbo.log_lik - elbo.kl_objects - elbo.kl_n / scale + weight * score
+    return elbo.fitted_log_lik - elbo.kl_objects - elbo.kl_n / scale + weight * score
 
 
 def step_log_probs(logits: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,7 @@ def vimco(model: AIR, inference: Inference, elbo: ElboTerms) -> torch.Tensor:
              + normal_log_ratio(inference.z_what, inference.what_loc, inference.what_sd,
                                 0.0, 1.0))  # (R, B, K)
     log_q_n = elbo.q_n.log_prob(inference.n)
-    log_w = log_weights(elbo.log_lik, ratio, elbo.present, elbo.p_n.log_prob(inference.n),
+    log_w = log_weights(elbo.fitted_log_lik, ratio, elbo.present, elbo.p_n.log_prob(inference.n),
                         log_q_n)
     return vimco_surrogate(log_w, log_q_n, model.config.estimator.particles)
 
@@ -153,11 +153,13 @@ def vimco_surrogate(log_w: torch.Tensor, log_q_n: torch.Tensor, particles: int
 
 # ------------------------------------------------------------------------------- relaxed
 def relaxed(model: AIR, x: torch.Tensor, inference: Inference, elbo: ElboTerms,
-            temperature: float) -> torch.Tensor:
+            schedule: Schedule) -> torch.Tensor:
     """The ELBO with the canvas and object KLs weighted by the relaxed presence."""
-    presence = relaxed_presence(inference.pres_logits, inference.pres_uniforms, temperature)
+    presence = relaxed_presence(inference.pres_logits, inference.pres_uniforms,
+                                schedule.temperature)
     canvas, _ = model.render(inference, presence)
     return (gaussian_log_lik(x, canvas, model.config.model.likelihood_sd)
+            + model.blurred_fit(x, canvas, schedule.blur_weight)
             - (elbo.kl_steps * presence).sum(-1) - elbo.kl_n)
 
 
