@@ -61,8 +61,19 @@ class ModelConfig:
     activation: str = _knob("elu", "MLP non-linearity", choices=("elu", "relu"))
     glimpse_size: int = _knob(20, "side of the glimpse read and written, pixels", low=4, high=64)
     z_what_size: int = _knob(50, "dimensions of z_what", low=1, high=1024)
-    likelihood_sd: float = _knob(0.3, "sd of the Gaussian pixel likelihood", low=0.0, high=10.0,
-                                 low_open=True)
+    likelihood_sd: float = _knob(0.3, "sd of the Gaussian pixel likelihood (at the start of "
+                                 "training, when model.likelihood_sd_final is set)", low=0.0,
+                                 high=10.0, low_open=True)
+    likelihood_sd_final: float = _knob(0.0, "sd the likelihood moves to (geometrically) between "
+                                       "the fractions model.likelihood_sd_start and _end of "
+                                       "train.steps; 0: model.likelihood_sd throughout. A small "
+                                       "early sd keeps steps on for small digits; a larger late "
+                                       "one stops a step paying for a few pixels of residual",
+                                       low=0.0, high=10.0)
+    likelihood_sd_start: float = _knob(0.4, "fraction of train.steps at which the sd starts "
+                                       "moving to model.likelihood_sd_final", low=0.0, high=1.0)
+    likelihood_sd_end: float = _knob(0.6, "fraction of train.steps at which the sd reaches "
+                                     "model.likelihood_sd_final", low=0.0, high=1.0)
     residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
@@ -246,6 +257,9 @@ class AIRConfig:
             raise ConfigError(f"estimator.particles ({self.estimator.particles}) must be >= 2 "
                               "with estimator.kind=vimco: its control variate leaves one "
                               "particle out")
+        if self.model.likelihood_sd_start >= self.model.likelihood_sd_end:
+            raise ConfigError(f"model.likelihood_sd_start ({self.model.likelihood_sd_start}) "
+                              f"must be < model.likelihood_sd_end ({self.model.likelihood_sd_end})")
         if self.train.lr_decay_start >= self.train.lr_decay_end:
             raise ConfigError(f"train.lr_decay_start ({self.train.lr_decay_start}) must be < "
                               f"train.lr_decay_end ({self.train.lr_decay_end})")

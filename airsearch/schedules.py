@@ -10,6 +10,7 @@ on its own. Keeping them together shows at a glance what a run anneals:
   REINFORCE      the score term's weight, warmed up from 0 (estimator.reinforce_warmup).
   temperature    the Concrete temperature of the relaxed estimator.
   blur           the weight of the blurred image comparison (model.blur_px), 1 -> 0 early on.
+  likelihood sd  the pixel likelihood's sd, when it moves to model.likelihood_sd_final.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Schedule:
 
     prior_logit: float  # log-odds of the count prior's success probability
     temperature: float  # relaxed estimator's Concrete temperature
+    likelihood_sd: float  # sd of the Gaussian pixel likelihood
     reinforce_weight: float = 1.0  # weight of the score-function term
     blur_weight: float = 0.0  # weight of the blurred image comparison in the objective
 
@@ -35,7 +37,8 @@ def schedule_at(config: AIRConfig, step: int) -> Schedule:
     return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, step),
                     temperature=temperature(config.estimator, step),
                     reinforce_weight=warmup_weight(config.estimator, step),
-                    blur_weight=blur_weight(config, step))
+                    blur_weight=blur_weight(config, step),
+                    likelihood_sd=likelihood_sd(config, step))
 
 
 def progress(step: int, hold: int, duration: int) -> float:
@@ -97,6 +100,18 @@ def blur_weight(config: AIRConfig, step: int) -> float:
     if config.model.blur_px == 0:
         return 0.0
     return 1.0 - progress(step, 0, max(1, round(config.model.blur_until * config.train.steps)))
+
+
+def likelihood_sd(config: AIRConfig, step: int) -> float:
+    """The likelihood's sd: model.likelihood_sd, moving geometrically to model.likelihood_sd_final
+    between the fractions model.likelihood_sd_start and _end of train.steps."""
+    m = config.model
+    if m.likelihood_sd_final == 0:
+        return m.likelihood_sd
+    hold = round(m.likelihood_sd_start * config.train.steps)
+    t = progress(step, hold, max(1, round(m.likelihood_sd_end * config.train.steps) - hold))
+    return math.exp(math.log(m.likelihood_sd)
+                    + (math.log(m.likelihood_sd_final) - math.log(m.likelihood_sd)) * t)
 
 
 def temperature(estimator: EstimatorConfig, step: int | None) -> float:

@@ -244,8 +244,8 @@ def test_gradient_variance_orders_baselines():
                 model.baseline.out.weight.zero_()
                 model.baseline.out.bias.zero_()
         buffers = {k: v.clone() for k, v in model.named_buffers()}
-        results[label] = gradient_variance(model, x, Schedule(prior_logit=-4.6, temperature=0.1),
-                                           [0, 1], 6)
+        schedule = Schedule(prior_logit=-4.6, temperature=0.1, likelihood_sd=0.3)
+        results[label] = gradient_variance(model, x, schedule, [0, 1], 6)
         assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
         assert all(p.grad is None for p in model.parameters())
     assert torch.all(results["none"].score > 10 * results["nvil"].score)

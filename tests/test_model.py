@@ -20,7 +20,8 @@ TINY = {"model.lstm_size": 32, "model.mlp_width": 32, "model.mlp_depth": 1,
         "data.canvas_size": 32, "data.digit_size": 14.0}
 R, B = 2, 5
 PRIOR_LOGIT = math.log(0.01 / 0.99)
-SCHEDULE = Schedule(prior_logit=PRIOR_LOGIT, temperature=0.1)  # past every warm-up
+# past every warm-up, at the default likelihood sd
+SCHEDULE = Schedule(prior_logit=PRIOR_LOGIT, temperature=0.1, likelihood_sd=0.3)
 
 
 def _config(**overrides):

@@ -274,8 +274,8 @@ class AIR(nn.Module):
         """Negative ELBO with the KL of n taken analytically on NumSteps, plus the gradient
         estimator of estimator.kind for n (airsearch.model.estimators), at `schedule`'s step."""
         canvas, _ = self.render(inference)
-        log_lik = gaussian_log_lik(x, canvas, self.config.model.likelihood_sd)  # (R, B)
-        coarse = self.blurred_fit(x, canvas, schedule.blur_weight)  # (R, B)
+        log_lik = gaussian_log_lik(x, canvas, schedule.likelihood_sd)  # (R, B)
+        coarse = self.blurred_fit(x, canvas, schedule)  # (R, B)
         present = inference.present  # (R, B, K)
         kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
                              self.where_prior_sd).sum(-1)
@@ -298,16 +298,17 @@ class AIR(nn.Module):
                          baseline_loss=(signal - baseline).pow(2).mean(-1),
                          elbo=terms.elbo.detach(), n=inference.n)
 
-    def blurred_fit(self, x: torch.Tensor, canvas: torch.Tensor, weight: float) -> torch.Tensor:
-        """(R, B) `weight` x how well the blurred canvas fits the blurred image (Gaussian, up to
-        a constant; zero without model.blur_px). A window that misses a small digit gets no
-        gradient from the sharp likelihood, since bilinear sampling only sees neighbouring
-        pixels; under the blur, moving towards the digit already pays."""
-        if self.blur is None or weight == 0.0:
+    def blurred_fit(self, x: torch.Tensor, canvas: torch.Tensor, schedule: Schedule
+                    ) -> torch.Tensor:
+        """(R, B) schedule.blur_weight x how well the blurred canvas fits the blurred image
+        (Gaussian, up to a constant; zero without model.blur_px). A window that misses a small
+        digit gets no gradient from the sharp likelihood, since bilinear sampling only sees
+        neighbouring pixels; under the blur, moving towards the digit already pays."""
+        if self.blur is None or schedule.blur_weight == 0.0:
             return x.new_zeros(x.shape[:2])
         blurred = lambda image: self.blur @ image @ self.blur.T  # noqa: E731  (R, B, H, W)
-        sd = self.config.model.likelihood_sd
-        return weight * (-0.5 * ((blurred(x) - blurred(canvas)) / sd).pow(2)).sum(dim=(-1, -2))
+        misfit = ((blurred(x) - blurred(canvas)) / schedule.likelihood_sd).pow(2)
+        return schedule.blur_weight * (-0.5 * misfit).sum(dim=(-1, -2))
 
     def _advantage(self, signal: torch.Tensor, baseline: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:

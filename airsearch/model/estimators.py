@@ -158,8 +158,8 @@ def relaxed(model: AIR, x: torch.Tensor, inference: Inference, elbo: ElboTerms,
     presence = relaxed_presence(inference.pres_logits, inference.pres_uniforms,
                                 schedule.temperature)
     canvas, _ = model.render(inference, presence)
-    return (gaussian_log_lik(x, canvas, model.config.model.likelihood_sd)
-            + model.blurred_fit(x, canvas, schedule.blur_weight)
+    return (gaussian_log_lik(x, canvas, schedule.likelihood_sd)
+            + model.blurred_fit(x, canvas, schedule)
             - (elbo.kl_steps * presence).sum(-1) - elbo.kl_n)
 
 

@@ -1,4 +1,4 @@
-"""The blurred comparison (model.blur_px): why it exists, its schedule, and what it leaves alone."""
+"""Schedules of the objective: the blurred comparison (model.blur_px) and the likelihood sd."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def _terms(blur_px: float, weight: float):
     x = (torch.rand(4, 32, 32, generator=gen) ** 4).expand(2, 4, 32, 32).contiguous()
     noise = Noise.draw([torch.Generator().manual_seed(r) for r in range(2)], 4, model.steps,
                        model.z_what_size, torch.device("cpu"))
-    schedule = Schedule(prior_logit=-4.6, temperature=0.1, blur_weight=weight)
+    schedule = Schedule(prior_logit=-4.6, temperature=0.1, likelihood_sd=0.3,
+                        blur_weight=weight)
     return model.loss_terms(x, model.infer(x, noise), schedule)
 
 
@@ -85,3 +86,31 @@ def test_checkpoints_do_not_carry_the_blur():
     """The blur follows from the config, so a model's saved state is the same with or without."""
     assert set(AIR(AIRConfig.from_flat({**TINY, "model.blur_px": 4.0}), [0]).state_dict()) == \
         set(AIR(AIRConfig.from_flat(TINY), [0]).state_dict())
+
+
+def test_likelihood_sd_moves_geometrically_between_its_fractions():
+    config = AIRConfig.from_flat({"model.likelihood_sd": 0.15, "model.likelihood_sd_final": 0.3,
+                                  "model.likelihood_sd_start": 0.4,
+                                  "model.likelihood_sd_end": 0.6, "train.steps": 1000})
+    sds = [schedule_at(config, s).likelihood_sd for s in (0, 400, 500, 600, 999)]
+    assert sds == pytest.approx([0.15, 0.15, 0.15 * 2 ** 0.5, 0.3, 0.3])
+    assert schedule_at(AIRConfig.from_flat({"model.likelihood_sd": 0.15}), 999).likelihood_sd \
+        == 0.15  # no final sd: fixed
+
+
+def test_a_larger_sd_makes_the_objective_weigh_the_same_misfit_less():
+    config = AIRConfig.from_flat(TINY)
+    model = AIR(config, [0])
+    x = torch.rand(1, 2, 32, 32)
+    noise = Noise.draw([torch.Generator().manual_seed(0)], 2, model.steps, model.z_what_size,
+                       torch.device("cpu"))
+    inference = model.infer(x, noise)
+    elbo = {sd: model.loss_terms(x, inference, Schedule(prior_logit=-4.6, temperature=0.1,
+                                                        likelihood_sd=sd)).elbo
+            for sd in (0.15, 0.3)}
+    assert torch.all(elbo[0.15] < elbo[0.3])
+
+
+def test_likelihood_sd_fractions_are_checked():
+    with pytest.raises(ValueError, match="model.likelihood_sd_start"):
+        AIRConfig.from_flat({"model.likelihood_sd_start": 0.7, "model.likelihood_sd_end": 0.6})
