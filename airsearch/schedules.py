@@ -55,7 +55,7 @@ def z_pres_prior_logit(prior: ZPresPrior, step: int) -> float:
     if prior.schedule == "linear":
         return _logit(p0 + (p1 - p0) * t)
     if prior.schedule == "exponential":
-        return _logit(math.exp(math.log(p0) + (math.log(p1) - math.log(p0)) * t))
+        return _logit(geometric(p0, p1, t))
     if prior.schedule == "logit":
         return _logit(p0) + (_logit(p1) - _logit(p0)) * t
     raise ValueError(f"prior.z_pres.schedule: unknown {prior.schedule!r}")
@@ -69,8 +69,7 @@ def learning_rate_factor(train: TrainConfig, step: int) -> float:
     """
     if train.lr_schedule == "constant":
         return 1.0
-    hold, duration = _decay_steps(train)
-    t = progress(step, hold, duration)
+    t = progress(step, *_between(train.lr_decay_start, train.lr_decay_end, train.steps))
     if train.lr_schedule == "linear":
         shape = 1.0 - t
     else:
@@ -78,10 +77,17 @@ def learning_rate_factor(train: TrainConfig, step: int) -> float:
     return train.lr_final + (1.0 - train.lr_final) * shape
 
 
-def _decay_steps(train: TrainConfig) -> tuple[int, int]:
-    """(steps held, steps the decay takes): train.lr_decay_start/end of train.steps, rounded."""
-    hold = round(train.lr_decay_start * train.steps)
-    return hold, max(1, round(train.lr_decay_end * train.steps) - hold)
+def _between(start: float, end: float, steps: int) -> tuple[int, int]:
+    """(steps held, steps the change takes) for a change between the fractions start and end
+    of a run of `steps`, rounded: a schedule set in fractions suits a short run and a long
+    study alike."""
+    hold = round(start * steps)
+    return hold, max(1, round(end * steps) - hold)
+
+
+def geometric(start: float, end: float, t: float) -> float:
+    """start -> end as t goes 0 -> 1, evenly in log space."""
+    return math.exp(math.log(start) + (math.log(end) - math.log(start)) * t)
 
 
 def warmup_weight(estimator: EstimatorConfig, step: int | None) -> float:
@@ -99,7 +105,7 @@ def blur_weight(config: AIRConfig, step: int) -> float:
     (0 throughout without a blur)."""
     if config.model.blur_px == 0:
         return 0.0
-    return 1.0 - progress(step, 0, max(1, round(config.model.blur_until * config.train.steps)))
+    return 1.0 - progress(step, *_between(0.0, config.model.blur_until, config.train.steps))
 
 
 def likelihood_sd(config: AIRConfig, step: int) -> float:
@@ -108,10 +114,8 @@ def likelihood_sd(config: AIRConfig, step: int) -> float:
     m = config.model
     if m.likelihood_sd_final == 0:
         return m.likelihood_sd
-    hold = round(m.likelihood_sd_start * config.train.steps)
-    t = progress(step, hold, max(1, round(m.likelihood_sd_end * config.train.steps) - hold))
-    return math.exp(math.log(m.likelihood_sd)
-                    + (math.log(m.likelihood_sd_final) - math.log(m.likelihood_sd)) * t)
+    t = progress(step, *_between(m.likelihood_sd_start, m.likelihood_sd_end, config.train.steps))
+    return geometric(m.likelihood_sd, m.likelihood_sd_final, t)
 
 
 def temperature(estimator: EstimatorConfig, step: int | None) -> float:
@@ -119,7 +123,7 @@ def temperature(estimator: EstimatorConfig, step: int | None) -> float:
     (reached at estimator.temperature_duration; step None means past it)."""
     t0, t1 = estimator.temperature_initial, estimator.temperature_final
     done = 1.0 if step is None else min(step / estimator.temperature_duration, 1.0)
-    return math.exp(math.log(t0) + (math.log(t1) - math.log(t0)) * done)
+    return geometric(t0, t1, done)
 
 
 def _logit(p: float) -> float:
