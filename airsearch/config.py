@@ -77,6 +77,12 @@ class ModelConfig:
     residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
+    where_proposal: str = _knob("none", "none: each step's z_where mean is the location head's "
+                                "output; residual_peak: the head's output is added to the "
+                                "shift of the window of the prior's size that holds the most "
+                                "of what earlier steps left unexplained (needs "
+                                "model.residual_input), so windows start on objects however "
+                                "small", choices=("none", "residual_peak"))
     blur_px: float = _knob(0.0, "sd in pixels of a Gaussian blur under which the objective also "
                            "compares image and reconstruction early in training (0: off): a "
                            "window that misses a small digit then still gets a gradient "
@@ -257,6 +263,10 @@ class AIRConfig:
             raise ConfigError(f"estimator.particles ({self.estimator.particles}) must be >= 2 "
                               "with estimator.kind=vimco: its control variate leaves one "
                               "particle out")
+        if self.model.where_proposal != "none" and not self.model.residual_input:
+            raise ConfigError(f"model.where_proposal={self.model.where_proposal} needs "
+                              "model.residual_input=true: it looks for what earlier steps "
+                              "left unexplained")
         if self.model.likelihood_sd_start >= self.model.likelihood_sd_end:
             raise ConfigError(f"model.likelihood_sd_start ({self.model.likelihood_sd_start}) "
                               f"must be < model.likelihood_sd_end ({self.model.likelihood_sd_end})")

@@ -128,6 +128,26 @@ def test_air_init_heads_start_at_biases():
     torch.testing.assert_close(inf.pres_logits, torch.full_like(inf.pres_logits, 2.0))
 
 
+def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
+    """residual_peak: with the heads silent (weights 0), step 0's window is centred on the
+    brighter of two squares, and, once step 0 has drawn over it (a decoder that draws white),
+    step 1's on the other one. Without the proposal both sit at the prior mean."""
+    def first_two_shifts(proposal):
+        m = AIR(_config(model__where_proposal=proposal, init__head_weight_scale=0.0,
+                        init__decoder_bias=20.0, prior__where_scale_loc=6.4), [0])  # 5 px
+        torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
+        x = torch.zeros(1, 1, m.canvas, m.canvas)
+        x[0, 0, 4:9, 20:25] = 1.0    # centre pixel (row 6, col 22)
+        x[0, 0, 22:27, 5:10] = 0.6   # centre pixel (row 24, col 7), dimmer
+        inf = m.infer(x, Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
+        return inf.where_loc[0, 0, :2, 1:]  # (step, (x, y)) normalised
+
+    to_norm = lambda px: (2 * px + 1) / TINY["data.canvas_size"] - 1  # noqa: E731
+    torch.testing.assert_close(first_two_shifts("residual_peak"),
+                               torch.tensor([[to_norm(22), to_norm(6)], [to_norm(7), to_norm(24)]]))
+    torch.testing.assert_close(first_two_shifts("none"), torch.zeros(2, 2))
+
+
 def test_pytorch_init_leaves_defaults():
     """scheme=pytorch keeps framework-default init; air differs only in the output layers."""
     air, plain = AIR(_config(), [0, 1]), AIR(_config(init__scheme="pytorch"), [0, 1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from airsearch.model.spatial import box_pixels, read_glimpse, write_glimpse
+from airsearch.model.spatial import box_pixels, densest_window, read_glimpse, write_glimpse
 
 
 def _blob(size, sigma=0.25):
@@ -129,3 +129,23 @@ def test_matches_affine_grid_and_grid_sample(direction):
         grads.append((out.detach(), zw.grad, src.grad))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("centre_xy", [(10, 12), (40, 7), (25, 25), (3, 46)])
+def test_densest_window_is_centred_on_the_brightest_object(centre_xy):
+    """Of a bright and a dim square, the window lands on the bright one's centre pixel."""
+    H, half = 50, 3
+    images = torch.zeros(1, H, H)
+    col, row = centre_xy
+
+    def square(row: int, col: int, value: float) -> None:
+        images[0, max(0, row - half):row + half + 1, max(0, col - half):col + half + 1] = value
+
+    square(row, col, 1.0)
+    square(49 - row, 49 - col, 0.5)  # mirrored: never where the bright one is
+    found = densest_window(images, window_px=2 * half + 1)[0]
+    pixel = lambda v: (v + 1) * H / 2 - 0.5  # noqa: E731  normalised -> pixel index
+    if 3 <= col <= 46 and 3 <= row <= 46:  # fully inside: its centre is the unique maximum
+        assert (pixel(found[0]), pixel(found[1])) == pytest.approx((col, row), abs=1e-4)
+    else:  # clipped by the border: still on the bright square
+        assert abs(pixel(found[0]) - col) <= half and abs(pixel(found[1]) - row) <= half

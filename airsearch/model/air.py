@@ -31,7 +31,7 @@ from airsearch.model.replicated import (
     ReplicatedMLP,
     softplus_inverse,
 )
-from airsearch.model.spatial import read_glimpse, write_glimpse
+from airsearch.model.spatial import densest_window, read_glimpse, write_glimpse
 from airsearch.schedules import Schedule
 
 
@@ -160,6 +160,9 @@ class AIR(nn.Module):
         p = config.prior
         scale_loc, scale_sd = config.where_scale_prior()
         self.register_buffer("where_prior_loc", torch.tensor([scale_loc, 0.0, 0.0]))
+        # model.where_proposal: the side in pixels of the prior's window, where it looks first.
+        self.proposal_px = (max(1, round(d.canvas_size / scale_loc))
+                            if m.where_proposal == "residual_peak" else None)
         self.register_buffer("where_prior_sd",
                              torch.tensor([scale_sd, p.where_shift_sd, p.where_shift_sd]))
         # Not saved: it follows from the config, and checkpoints stay loadable across blurs.
@@ -223,6 +226,9 @@ class AIR(nn.Module):
             h, c = self.lstm(torch.cat([encoded, previous], dim=-1), (h, c))
             where_out = self.location_head(h)  # (R, B, 6)
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
+            if self.proposal_px is not None:
+                start = densest_window((x - drawn).reshape(R * B, H, W), self.proposal_px)
+                where_loc = where_loc + F.pad(start.view(R, B, 2), (1, 0))  # scale unchanged
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
             glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
             what_out = self.glimpse_encoder(glimpse.view(R, B, G * G))  # (R, B, 2D)

@@ -64,3 +64,18 @@ def box_pixels(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     half = 1.0 / s
     to_px = lambda v: (v + 1.0) * canvas_size / 2.0  # noqa: E731
     return torch.stack([to_px(x - half), to_px(y - half), to_px(x + half), to_px(y + half)], -1)
+
+
+def densest_window(images: torch.Tensor, window_px: int) -> torch.Tensor:
+    """images (N, H, W) -> (N, 2) normalised centre (x, y) of the window_px-wide square that
+    holds the most intensity (ties: the first in row-major order). No gradient: it only says
+    where a window starts looking."""
+    size = window_px if window_px % 2 else window_px + 1  # odd, so the window has a centre pixel
+    with torch.no_grad():
+        mass = torch.nn.functional.avg_pool2d(images.unsqueeze(1), size, stride=1,
+                                              padding=size // 2, count_include_pad=True)
+        H, W = images.shape[-2:]
+        flat = mass.view(images.shape[0], H * W).argmax(dim=-1)
+        rows, cols = flat // W, flat % W
+        to_coord = lambda index, n: (2 * index.to(images.dtype) + 1) / n - 1  # noqa: E731
+        return torch.stack([to_coord(cols, W), to_coord(rows, H)], dim=-1)
