@@ -61,7 +61,7 @@ class ModelConfig:
     activation: str = _knob("elu", "MLP non-linearity", choices=("elu", "relu"))
     glimpse_size: int = _knob(20, "side of the glimpse read and written, pixels", low=4, high=64)
     z_what_size: int = _knob(50, "dimensions of z_what", low=1, high=1024)
-    likelihood_sd: float = _knob(0.3, "sd of the Gaussian pixel likelihood (at the start of "
+    likelihood_sd: float = _knob(0.15, "sd of the Gaussian pixel likelihood (at the start of "
                                  "training, when model.likelihood_sd_final is set)", low=0.0,
                                  high=10.0, low_open=True)
     likelihood_sd_final: float = _knob(0.0, "sd the likelihood moves to (geometrically) between "
@@ -77,12 +77,12 @@ class ModelConfig:
     residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
-    where_proposal: str = _knob("none", "none: each step's z_where mean is the location head's "
-                                "output; residual_peak: the head's output is added to the "
-                                "shift of the window of the prior's size that holds the most "
-                                "of what earlier steps left unexplained (needs "
-                                "model.residual_input), so windows start on objects however "
-                                "small", choices=("none", "residual_peak"))
+    where_proposal: str = _knob("residual_peak", "none: each step's z_where mean is the "
+                                "location head's output; residual_peak: the head's output is "
+                                "added to the shift of the window of the prior's size that "
+                                "holds the most of what the step sees (DAIR: the image minus "
+                                "what earlier steps drew; plain AIR: the image), so windows "
+                                "start on objects however small", choices=("none", "residual_peak"))
     blur_px: float = _knob(0.0, "sd in pixels of a Gaussian blur under which the objective also "
                            "compares image and reconstruction early in training (0: off): a "
                            "window that misses a small digit then still gets a gradient "
@@ -109,7 +109,7 @@ class ZPresPrior:
 @dataclass
 class PriorConfig:
     z_pres: ZPresPrior = field(default_factory=ZPresPrior)
-    where_scale_rule: str = _knob("fixed", "fixed: the inverse-scale prior is "
+    where_scale_rule: str = _knob("digit_size", "fixed: the inverse-scale prior is "
                                   "prior.where_scale_loc +- prior.where_scale_sd as given; "
                                   "digit_size: both are multiplied by (21 / data.digit_size) "
                                   "x (data.canvas_size / 50), so the prior window frames the "
@@ -263,10 +263,6 @@ class AIRConfig:
             raise ConfigError(f"estimator.particles ({self.estimator.particles}) must be >= 2 "
                               "with estimator.kind=vimco: its control variate leaves one "
                               "particle out")
-        if self.model.where_proposal != "none" and not self.model.residual_input:
-            raise ConfigError(f"model.where_proposal={self.model.where_proposal} needs "
-                              "model.residual_input=true: it looks for what earlier steps "
-                              "left unexplained")
         if self.model.likelihood_sd_start >= self.model.likelihood_sd_end:
             raise ConfigError(f"model.likelihood_sd_start ({self.model.likelihood_sd_start}) "
                               f"must be < model.likelihood_sd_end ({self.model.likelihood_sd_end})")

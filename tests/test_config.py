@@ -224,8 +224,10 @@ def test_training_needs_at_least_one_step():
 
 
 def test_where_scale_rule_follows_the_digit():
-    fixed = AIRConfig.from_flat({"data.digit_size": 10.5})
+    fixed = AIRConfig.from_flat({"data.digit_size": 10.5, "prior.where_scale_rule": "fixed"})
     assert fixed.where_scale_prior() == (3.0, 0.2)
+    default = AIRConfig.from_flat({"data.digit_size": 10.5})
+    assert default.where_scale_prior() == pytest.approx((6.0, 0.4))
     rule = {"prior.where_scale_rule": "digit_size"}
     assert AIRConfig.from_flat(rule).where_scale_prior() == pytest.approx((3.0, 0.2))
     small = AIRConfig.from_flat({**rule, "data.digit_size": 10.5})
@@ -233,7 +235,3 @@ def test_where_scale_rule_follows_the_digit():
     wide = AIRConfig.from_flat({**rule, "data.canvas_size": 100, "data.digit_size": 21.0})
     assert wide.where_scale_prior() == pytest.approx((6.0, 0.4))
 
-
-def test_where_proposal_needs_residual_input():
-    msg = _error({"model.where_proposal": "residual_peak", "model.residual_input": False})
-    assert "model.where_proposal" in msg and "model.residual_input" in msg

@@ -39,9 +39,18 @@ def test_a_black_decoder_draws_nothing():
 
 
 def test_a_wider_window_holds_more_ink():
-    """Inverse scale 1.5 (a 2/3-canvas window) covers more ink than the default 3."""
-    wide = value(**{"prior.where_scale_loc": 1.5})
-    assert wide.ink_in_window > 2 * value().ink_in_window
+    """Centred at the prior mean, inverse scale 1.5 (a 2/3-canvas window) covers more ink than
+    the default 3."""
+    centred = {"model.where_proposal": "none"}
+    wide = value(**centred, **{"prior.where_scale_loc": 1.5})
+    assert wide.ink_in_window > 2 * value(**centred).ink_in_window
+
+
+def test_the_proposal_starts_the_window_on_ink():
+    """The residual-peak proposal (default) puts the untrained first window on more ink than
+    the centred window."""
+    centred = value(**{"model.where_proposal": "none"})
+    assert value().ink_in_window > 1.5 * centred.ink_in_window
 
 
 def test_command_makes_one_row_per_repeated_value():

@@ -107,7 +107,9 @@ def test_air_init_sets_output_layers():
     assert torch.all(m.glimpse_decoder.out.bias == -3.0)
     assert torch.all(m.presence_head.out.bias == 1.5)
     loc_bias = m.location_head.out.bias
-    torch.testing.assert_close(loc_bias[..., :3], torch.tensor([2.5, 0.0, 0.0]).expand(R, 1, 3))
+    prior_scale = config.where_scale_prior()[0]  # 2.5, scaled by the digit-size rule
+    torch.testing.assert_close(loc_bias[..., :3],
+                               torch.tensor([prior_scale, 0.0, 0.0]).expand(R, 1, 3))
     torch.testing.assert_close(F.softplus(loc_bias[..., 3:]), torch.full((R, 1, 3), 0.2))
 
 
@@ -118,11 +120,12 @@ def test_air_init_zero_where_loc():
 
 
 def test_air_init_heads_start_at_biases():
-    """With head_weight_scale=0 the first read-out is exactly the prior mean and sd."""
-    m = AIR(_config(init__head_weight_scale=0.0), [0, 1])
+    """With head_weight_scale=0 (and windows not moved by a proposal) the first read-out is
+    exactly the prior mean and sd."""
+    m = AIR(_config(init__head_weight_scale=0.0, model__where_proposal="none"), [0, 1])
     x = _images(m)
     inf = m.infer(x, Noise.zeros(R, B, m.steps, m.z_what_size, torch.device("cpu")))
-    prior_mean = torch.tensor([m.config.prior.where_scale_loc, 0.0, 0.0]).expand_as(inf.where_loc)
+    prior_mean = torch.tensor([m.config.where_scale_prior()[0], 0.0, 0.0]).expand_as(inf.where_loc)
     torch.testing.assert_close(inf.where_loc, prior_mean)
     torch.testing.assert_close(inf.where_sd, torch.full_like(inf.where_sd, 0.1))
     torch.testing.assert_close(inf.pres_logits, torch.full_like(inf.pres_logits, 2.0))
@@ -131,10 +134,11 @@ def test_air_init_heads_start_at_biases():
 def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
     """residual_peak: with the heads silent (weights 0), step 0's window is centred on the
     brighter of two squares, and, once step 0 has drawn over it (a decoder that draws white),
-    step 1's on the other one. Without the proposal both sit at the prior mean."""
-    def first_two_shifts(proposal):
+    step 1's on the other one (DAIR). Without the proposal both sit at the prior mean."""
+    def first_two_shifts(proposal, residual=True):
         m = AIR(_config(model__where_proposal=proposal, init__head_weight_scale=0.0,
-                        init__decoder_bias=20.0, prior__where_scale_loc=6.4), [0])  # 5 px
+                        init__decoder_bias=20.0, prior__where_scale_loc=6.4,  # 5 px windows
+                        model__residual_input=residual), [0])
         torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
         x = torch.zeros(1, 1, m.canvas, m.canvas)
         x[0, 0, 4:9, 20:25] = 1.0    # centre pixel (row 6, col 22)
@@ -146,6 +150,9 @@ def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
     torch.testing.assert_close(first_two_shifts("residual_peak"),
                                torch.tensor([[to_norm(22), to_norm(6)], [to_norm(7), to_norm(24)]]))
     torch.testing.assert_close(first_two_shifts("none"), torch.zeros(2, 2))
+    # Plain AIR: no step sees what another drew, so both start on the brighter square.
+    torch.testing.assert_close(first_two_shifts("residual_peak", residual=False),
+                               torch.tensor([[to_norm(22), to_norm(6)]] * 2))
 
 
 def test_pytorch_init_leaves_defaults():

@@ -1,7 +1,8 @@
 """Attend, Infer, Repeat (Eslami et al. 2016) for R independent replicas at once.
 
 Reads top-down in the order data flows:
-  guide:  image -> input encoder -> LSTM (one step per object) -> location head -> z_where
+  guide:  image -> input encoder -> LSTM (one step per object) -> location head (an offset
+          from the densest window of what is still unexplained, model.where_proposal) -> z_where
           -> spatial transformer reads a glimpse -> glimpse encoder -> z_what; presence head
           -> per-step presence logits -> number of objects n (truncated geometric, NumSteps)
   model:  z_what -> glimpse decoder -> spatial transformer writes it -> canvas = sum of the
@@ -227,7 +228,8 @@ class AIR(nn.Module):
             where_out = self.location_head(h)  # (R, B, 6)
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
             if self.proposal_px is not None:
-                start = densest_window((x - drawn).reshape(R * B, H, W), self.proposal_px)
+                seen = x - drawn if residual else x  # what this step's encoder sees
+                start = densest_window(seen.reshape(R * B, H, W), self.proposal_px)
                 where_loc = where_loc + F.pad(start.view(R, B, 2), (1, 0))  # scale unchanged
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
             glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
