@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from airsearch.model.spatial import box_pixels, densest_window, read_glimpse, write_glimpse
+from airsearch.model.spatial import (
+    box_filter,
+    box_pixels,
+    densest_window,
+    read_glimpse,
+    write_glimpse,
+)
 
 
 def _blob(size, sigma=0.25):
@@ -143,9 +149,19 @@ def test_densest_window_is_centred_on_the_brightest_object(centre_xy):
 
     square(row, col, 1.0)
     square(49 - row, 49 - col, 0.5)  # mirrored: never where the bright one is
-    found = densest_window(images, window_px=2 * half + 1)[0]
+    found = densest_window(images, box_filter(H, 2 * half + 1))[0]
     pixel = lambda v: (v + 1) * H / 2 - 0.5  # noqa: E731  normalised -> pixel index
     if 3 <= col <= 46 and 3 <= row <= 46:  # fully inside: its centre is the unique maximum
         assert (pixel(found[0]), pixel(found[1])) == pytest.approx((col, row), abs=1e-4)
     else:  # clipped by the border: still on the bright square
         assert abs(pixel(found[0]) - col) <= half and abs(pixel(found[1]) - row) <= half
+
+
+@pytest.mark.parametrize("window_px", [1, 4, 9, 17])
+def test_box_filter_is_the_window_mean(window_px):
+    """B @ x @ B.T equals avg_pool2d over the (odd) window, zero padding counted."""
+    images = torch.rand(3, 50, 50, generator=torch.Generator().manual_seed(0))
+    size = window_px | 1
+    pooled = F.avg_pool2d(images.unsqueeze(1), size, stride=1, padding=size // 2).squeeze(1)
+    box = box_filter(50, window_px)
+    torch.testing.assert_close(box @ images @ box.T, pooled)

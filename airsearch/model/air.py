@@ -32,7 +32,7 @@ from airsearch.model.replicated import (
     ReplicatedMLP,
     softplus_inverse,
 )
-from airsearch.model.spatial import densest_window, read_glimpse, write_glimpse
+from airsearch.model.spatial import box_filter, densest_window, read_glimpse, write_glimpse
 from airsearch.schedules import Schedule
 
 
@@ -161,9 +161,11 @@ class AIR(nn.Module):
         p = config.prior
         scale_loc, scale_sd = config.where_scale_prior()
         self.register_buffer("where_prior_loc", torch.tensor([scale_loc, 0.0, 0.0]))
-        # model.where_proposal: the side in pixels of the prior's window, where it looks first.
-        self.proposal_px = (max(1, round(d.canvas_size / scale_loc))
-                            if m.where_proposal == "residual_peak" else None)
+        # model.where_proposal: sums over windows of the prior's size, where a step looks first.
+        # Not saved, like the blur: it follows from the config.
+        self.register_buffer("proposal_box", box_filter(d.canvas_size,
+                                                         max(1, round(d.canvas_size / scale_loc)))
+                             if m.where_proposal == "residual_peak" else None, persistent=False)
         self.register_buffer("where_prior_sd",
                              torch.tensor([scale_sd, p.where_shift_sd, p.where_shift_sd]))
         # Not saved: it follows from the config, and checkpoints stay loadable across blurs.
@@ -227,9 +229,9 @@ class AIR(nn.Module):
             h, c = self.lstm(torch.cat([encoded, previous], dim=-1), (h, c))
             where_out = self.location_head(h)  # (R, B, 6)
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
-            if self.proposal_px is not None:
+            if self.proposal_box is not None:
                 seen = x - drawn if residual else x  # what this step's encoder sees
-                start = densest_window(seen.reshape(R * B, H, W), self.proposal_px)
+                start = densest_window(seen.reshape(R * B, H, W), self.proposal_box)
                 where_loc = where_loc + F.pad(start.view(R, B, 2), (1, 0))  # scale unchanged
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
             glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
