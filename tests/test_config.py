@@ -234,4 +234,3 @@ def test_where_scale_rule_follows_the_digit():
     assert small.where_scale_prior() == pytest.approx((6.0, 0.4))
     wide = AIRConfig.from_flat({**rule, "data.canvas_size": 100, "data.digit_size": 21.0})
     assert wide.where_scale_prior() == pytest.approx((6.0, 0.4))
-

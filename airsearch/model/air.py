@@ -161,16 +161,15 @@ class AIR(nn.Module):
         p = config.prior
         scale_loc, scale_sd = config.where_scale_prior()
         self.register_buffer("where_prior_loc", torch.tensor([scale_loc, 0.0, 0.0]))
-        # model.where_proposal: sums over windows of the prior's size, where a step looks first.
-        # Not saved, like the blur: it follows from the config.
-        self.register_buffer("proposal_box", box_filter(d.canvas_size,
-                                                         max(1, round(d.canvas_size / scale_loc)))
-                             if m.where_proposal == "residual_peak" else None, persistent=False)
         self.register_buffer("where_prior_sd",
                              torch.tensor([scale_sd, p.where_shift_sd, p.where_shift_sd]))
-        # Not saved: it follows from the config, and checkpoints stay loadable across blurs.
+        # Not saved: they follow from the config, and checkpoints stay loadable across them.
         self.register_buffer("blur", blur_matrix(d.canvas_size, m.blur_px) if m.blur_px > 0
                              else None, persistent=False)
+        # model.where_proposal: sums over windows of the prior's size, where a step looks first.
+        window_px = max(1, round(d.canvas_size / scale_loc))
+        self.register_buffer("proposal_box", box_filter(d.canvas_size, window_px)
+                             if m.where_proposal == "residual_peak" else None, persistent=False)
         self._init_weights([torch.Generator().manual_seed(s) for s in seeds])
 
     # ----------------------------------------------------------------------------- init
@@ -220,17 +219,17 @@ class AIR(nn.Module):
         hs, where_locs, where_sds, z_wheres, what_locs, what_sds, z_whats = ([] for _ in range(7))
         glimpses, writes = [], []
         for k in range(K):
+            # What this step sees. Every step's drawing is subtracted, present or not, so the
+            # presence logits still depend on the continuous latents alone.
+            seen = x - drawn if residual else x
             if residual:
-                # Every step's drawing is subtracted, present or not, so the presence logits
-                # still depend on the continuous latents alone.
-                encoded = self.input_encoder((x - drawn).reshape(R, B, H * W))
+                encoded = self.input_encoder(seen.reshape(R, B, H * W))
             # z_pres is not an LSTM input: the presence logits of all K steps are then
             # functions of (x, z_what, z_where) alone and define one NumSteps distribution.
             h, c = self.lstm(torch.cat([encoded, previous], dim=-1), (h, c))
             where_out = self.location_head(h)  # (R, B, 6)
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
             if self.proposal_box is not None:
-                seen = x - drawn if residual else x  # what this step's encoder sees
                 start = densest_window(seen.reshape(R * B, H, W), self.proposal_box)
                 where_loc = where_loc + F.pad(start.view(R, B, 2), (1, 0))  # scale unchanged
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)

@@ -66,7 +66,6 @@ def box_pixels(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     return torch.stack([to_px(x - half), to_px(y - half), to_px(x + half), to_px(y + half)], -1)
 
 
-
 def box_filter(size: int, window_px: int) -> torch.Tensor:
     """(size, size) matrix B such that B @ image @ B.T is the mean over the window_px-wide
     square (window_px made odd) centred on each pixel, zeros beyond the border: the same as
@@ -84,6 +83,5 @@ def densest_window(images: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         mass = box @ images @ box.T  # (N, H, W)
         H, W = images.shape[-2:]
         flat = mass.reshape(images.shape[0], H * W).argmax(dim=-1)
-        rows, cols = flat // W, flat % W
-        to_coord = lambda index, n: (2 * index.to(images.dtype) + 1) / n - 1  # noqa: E731
-        return torch.stack([to_coord(cols, W), to_coord(rows, H)], dim=-1)
+        return torch.stack([_pixel_centres(W, images)[flat % W],
+                            _pixel_centres(H, images)[flat // W]], dim=-1)
