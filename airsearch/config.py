@@ -207,6 +207,17 @@ class EvalConfig:
                              low=0.0, high=1.0)
     hold: int = _knob(1, "consecutive final evaluations that must all reach the threshold",
                       low=1)
+    verdicts: bool = _knob(True, "stop training a seed once its outcome is decided, so it "
+                           "leaves the batch and frees its compute (a diverged seed at once; "
+                           "eval.decide_converged, eval.decide_collapsed); false: every seed "
+                           "trains train.steps. A stopped seed is judged at its last "
+                           "evaluation and misses the end-of-run learning-rate decay")
+    decide_converged: int = _knob(3, "consecutive evaluations at >= eval.threshold that decide a "
+                                  "seed converged (>= eval.hold)", low=1)
+    decide_collapsed: int = _knob(0, "consecutive evaluations with >= 90% of held-out images "
+                                  "read as 0 (or as model.max_steps) objects that decide a seed "
+                                  "collapsed; 0: never (seeds read as 0 objects for three "
+                                  "evaluations have gone on to converge)", low=0)
     gradient_variance_every: int = _knob(0, "steps between logging diag/grad_var_backprop and "
                                          "diag/grad_var_score (checked at evaluations; 0: off)",
                                          low=0)
@@ -266,6 +277,10 @@ class AIRConfig:
         if self.model.likelihood_sd_start >= self.model.likelihood_sd_end:
             raise ConfigError(f"model.likelihood_sd_start ({self.model.likelihood_sd_start}) "
                               f"must be < model.likelihood_sd_end ({self.model.likelihood_sd_end})")
+        if self.eval.decide_converged < self.eval.hold:
+            raise ConfigError(f"eval.decide_converged ({self.eval.decide_converged}) must be >= "
+                              f"eval.hold ({self.eval.hold}): a seed decided converged must "
+                              "meet the convergence rule")
         if self.train.lr_decay_start >= self.train.lr_decay_end:
             raise ConfigError(f"train.lr_decay_start ({self.train.lr_decay_start}) must be < "
                               f"train.lr_decay_end ({self.train.lr_decay_end})")

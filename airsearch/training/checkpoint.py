@@ -53,6 +53,11 @@ class Progress:
     def fresh(cls, replicas: int) -> Progress:
         return cls(0, [[] for _ in range(replicas)], [None] * replicas, [None] * replicas)
 
+    def subset(self, keep: list[int]) -> Progress:
+        """The record of the replicas at positions `keep` (the others left the batch)."""
+        return Progress(self.step, [self.histories[r] for r in keep],
+                        [self.converged_at[r] for r in keep], [self.diverged_at[r] for r in keep])
+
 
 @dataclass
 class Checkpoint:
@@ -117,7 +122,7 @@ def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
     """
     c = checkpoint  # fields one by one: asdict would deep-copy every tensor of the state
     with atomic_write(out / CHECKPOINT) as f:
-        torch.save({"format": FORMAT, "model": c.state["model"], "step": c.step,
+        torch.save({"format": FORMAT, "model": c.state.get("model", {}), "step": c.step,
                     "trainer": c.state, "config": c.config, "all_seeds": c.all_seeds,
                     "data": c.data, "finished": c.finished, "seeds": c.seeds,
                     "wall_s": c.wall_s, "progress": asdict(c.progress)}, f)

@@ -8,14 +8,14 @@ per-seed generator, so two evaluations of the same weights give the same number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from airsearch.model.air import AIR, Inference, Noise
 from airsearch.model.spatial import box_pixels
 from airsearch.schedules import Schedule
-from airsearch.training.outcomes import ACCURACY
+from airsearch.training.outcomes import ACCURACY, SHARE_MAX, SHARE_ZERO
 
 EVAL_NOISE_OFFSET = 1_000_003  # eval noise generators are seeded apart from training ones
 
@@ -32,6 +32,11 @@ class Evaluation:
     boxes: torch.Tensor       # (R, N, K, 4) inferred boxes in pixels, for localisation
     present: torch.Tensor     # (R, N, K) bool, the deterministic presence per image
 
+    def subset(self, keep: list[int]) -> Evaluation:
+        """The replicas at positions `keep` (every field is per replica)."""
+        index = torch.tensor(keep)
+        return Evaluation(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
     def share_inferred(self, count: int) -> torch.Tensor:
         c = self.confusion.to(torch.float64)
         return c[:, :, count].sum(1) / c.sum((1, 2))
@@ -40,7 +45,9 @@ class Evaluation:
         """Replica r's numbers under the project-wide metric names."""
         out = {ACCURACY: float(self.accuracy[r]),
                "eval/elbo": float(self.elbo[r]),
-               "eval/mean_count": float(self.mean_count[r])}
+               "eval/mean_count": float(self.mean_count[r]),
+               SHARE_ZERO: float(self.share_inferred(0)[r]),
+               SHARE_MAX: float(self.share_inferred(self.confusion.shape[2] - 1)[r])}
         for k, share in enumerate(self.presence[r].tolist(), start=1):
             out[f"eval/presence_step_{k}"] = share
         return out

@@ -13,7 +13,7 @@ so a perfect localisation still has an IoU below 1 (about 0.7-0.9 for MNIST digi
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -28,6 +28,11 @@ class Localisation:
     centre_error: torch.Tensor  # (R,) pixels
     centres: torch.Tensor       # (R, N, K, 2) inferred box centres (x, y), pixels
     present: torch.Tensor       # (R, N, K) bool, the deterministic presence
+
+    def subset(self, keep: list[int]) -> Localisation:
+        """The replicas at positions `keep` (every field is per replica)."""
+        index = torch.tensor(keep)
+        return Localisation(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def metrics(self, r: int) -> dict[str, float]:
         return {"eval/iou": float(self.iou[r]), "eval/centre_error": float(self.centre_error[r])}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,10 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
     size = chunk_size or replicas_that_fit(config, torch_device)
     chunks += [(todo[first:first + size], None) for first in range(0, len(todo), size)]
     for chunk_seeds, checkpoint in chunks:
-        run.finished += _train_replicas(run, chunk_seeds, checkpoint)
-    return summarise(config, run.data_info, run.finished, time.perf_counter() - start,
-                     "finished", out)
+        if chunk_seeds:  # a checkpoint whose every seed was decided holds no chunk to train
+            run.finished += _train_replicas(run, chunk_seeds, checkpoint)
+    return summarise(config, run.data_info, run.in_seed_order(run.finished),
+                     time.perf_counter() - start, "finished", out)
 
 
 @dataclass
@@ -111,7 +112,11 @@ class _Run:
     show_progress: bool
     start: float  # perf_counter at the start; a resumed run's is earlier by its recorded seconds
     data_info: dict[str, Any]
-    finished: list[SeedRecord] = field(default_factory=list)  # the chunks done so far
+    finished: list[SeedRecord] = field(default_factory=list)  # seeds done: chunks, verdicts
+
+    def in_seed_order(self, records: list[SeedRecord]) -> list[SeedRecord]:
+        order = {seed: i for i, seed in enumerate(self.seeds)}
+        return sorted(records, key=lambda record: order[record.seed])
 
 
 def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> list[SeedRecord]:
@@ -125,8 +130,7 @@ def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> l
     last_eval: Evaluation | None = None
     located: Localisation | None = None
     bar = tqdm(total=tc.steps, initial=progress.step, disable=not run.show_progress,
-               dynamic_ncols=True,
-               desc=f"seeds {seeds[0]}..{seeds[-1]}" if R > 1 else f"seed {seeds[0]}")
+               dynamic_ncols=True, desc=_bar_label(seeds))
     if run.show_progress:
         tqdm.write(f"data: {run.data_info['source']}; optimiser groups: "
                    f"{describe_groups(trainer.optimizer)}"
@@ -146,17 +150,66 @@ def _train_replicas(run: _Run, seeds: list[int], resume: Checkpoint | None) -> l
             last_eval, located = _evaluate(run, trainer.model, seeds, step)
             per_seed = _record(run, trainer, seeds, step, last_eval, located, progress,
                                elbo_sum / elbo_steps)
-            elbo_sum.zero_()
             elbo_steps = 0
-            bar.set_postfix_str(_progress_text(per_seed, config.eval.threshold))
+            text = _progress_text(per_seed, config.eval.threshold)
+            if step < tc.steps:
+                leaving = _decided(config, progress)
+                if leaving:  # judged now, with figures; the others train on without them
+                    run.finished += [replace(record, stopped_at_step=step) for record in
+                                     _finish(run, trainer.model, seeds, last_eval, located,
+                                             progress, leaving)]
+                    text += f" | decided, leaving: {_seed_list(seeds, leaving)}"
+                    keep = [r for r in range(len(seeds)) if r not in leaving]
+                    seeds = [seeds[r] for r in keep]
+                    if keep:
+                        trainer, progress = trainer.subset(keep), progress.subset(keep)
+                        last_eval, located = last_eval.subset(keep), located.subset(keep)
+                    bar.set_description(_bar_label(seeds))
+            elbo_sum = torch.zeros(len(seeds), dtype=torch.float64)
+            _save_progress(run, trainer, seeds, step, last_eval, progress,
+                           record_rows=per_seed)
+            bar.set_postfix_str(text)
             if run.show_progress:
-                tqdm.write(f"step {step}: " + _progress_text(per_seed, config.eval.threshold))
+                tqdm.write(f"step {step}: {text}")
+            if not seeds:
+                break
     bar.close()
-
+    if not seeds:
+        return []
     if last_eval is None and progress.step > 0:  # resumed after its last step: same weights
         last_eval, located = _evaluate(run, trainer.model, seeds, progress.step)
-    figures = _draw_figures(run, trainer.model, seeds, last_eval, located)
-    return _seed_records(config, seeds, last_eval, progress, run.heldout, figures)
+    return _finish(run, trainer.model, seeds, last_eval, located, progress,
+                   list(range(len(seeds))))
+
+
+def _decided(config: AIRConfig, progress: Progress) -> list[int]:
+    """Positions of the replicas whose outcome the verdict rule has decided (eval.verdicts)."""
+    ec = config.eval
+    if not ec.verdicts:
+        return []
+    return [r for r, history in enumerate(progress.histories)
+            if outcomes.decided(diverged=progress.diverged_at[r] is not None, history=history,
+                                threshold=ec.threshold, converge_evals=ec.decide_converged,
+                                collapse_evals=ec.decide_collapsed)]
+
+
+def _finish(run: _Run, model: AIR, seeds: list[int], last: Evaluation | None,
+            located: Localisation | None, progress: Progress, which: list[int]
+            ) -> list[SeedRecord]:
+    """The records of the replicas at positions `which`, with their figures."""
+    figures = _draw_figures(run, model, seeds, last, located, which)
+    records = _seed_records(run.config, seeds, last, progress, run.heldout, figures)
+    return [records[r] for r in which]
+
+
+def _seed_list(seeds: list[int], which: list[int]) -> str:
+    return ", ".join(str(seeds[r]) for r in which)
+
+
+def _bar_label(seeds: list[int]) -> str:
+    if not seeds:
+        return "every seed decided"
+    return f"seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
 
 
 def _evaluate(run: _Run, model: AIR, seeds: list[int], step: int
@@ -172,9 +225,8 @@ def _evaluate(run: _Run, model: AIR, seeds: list[int], step: int
 def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evaluation: Evaluation,
             located: Localisation, progress: Progress, train_elbo: torch.Tensor
             ) -> list[dict[str, float]]:
-    """One evaluation into every record: histories, convergence, metrics file, checkpoint,
-    the `on_eval` listener and the summary so far. Returns each seed's metrics."""
-    config, out, R = run.config, run.out, len(seeds)
+    """One evaluation into the seeds' histories and convergence. Returns each seed's metrics."""
+    config, R = run.config, len(seeds)
     grad_var = None
     every = config.eval.gradient_variance_every
     if every and step % every == 0:
@@ -198,19 +250,29 @@ def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evalua
                                        config.eval.threshold, config.eval.hold)):
             progress.converged_at[r] = (step, wall)
     progress.step = step
-    so_far = run.finished + _seed_records(config, seeds, evaluation, progress, run.heldout, None)
-    record = EvalRecord(step, wall, per_seed, so_far)
+    return per_seed
+
+
+def _save_progress(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int,
+                   evaluation: Evaluation, progress: Progress,
+                   record_rows: list[dict[str, float]]) -> None:
+    """After an evaluation (and the verdicts it brought): metrics file, checkpoint, the
+    `on_eval` listener and the summary so far, every seed begun labelled as of now."""
+    config, out = run.config, run.out
+    wall = time.perf_counter() - run.start
+    so_far = run.in_seed_order(
+        run.finished + _seed_records(config, seeds, evaluation, progress, run.heldout, None))
+    record = EvalRecord(step, wall, record_rows, so_far)
     if out is not None:
         append_metrics(out, record)
         save_checkpoint(out, Checkpoint(
             config=config.to_flat(), all_seeds=run.seeds, data=run.data_info,
             finished=[asdict(result) for result in run.finished], seeds=seeds,
-            wall_s=wall, progress=progress, state=trainer.state_dict()))
+            wall_s=wall, progress=progress, state=trainer.state_dict() if seeds else {}))
     if run.on_eval is not None:
         run.on_eval(record)
     if out is not None:  # a killed run keeps everything recorded so far
         summarise(config, run.data_info, so_far, wall, "running", out)
-    return per_seed
 
 
 def _accuracies(history: list[dict[str, float]]) -> list[float]:
@@ -256,11 +318,13 @@ def _progress_text(per_seed: list[dict[str, float]], threshold: float) -> str:
 
 @torch.no_grad()
 def _draw_figures(run: _Run, model: AIR, seeds: list[int], last: Evaluation | None,
-                  located: Localisation | None) -> list[str | None]:
-    """Each seed's reconstruction, attention and confusion figures in OUT/seed_<seed>/;
-    returns the reconstructions' paths (None where a replica's canvas is not finite)."""
+                  located: Localisation | None, which: list[int]) -> list[str | None]:
+    """The reconstruction, attention and confusion figures of the seeds at positions `which`
+    in OUT/seed_<seed>/; returns every position's reconstruction path (None where not drawn
+    or where a replica's canvas is not finite)."""
+    paths: list[str | None] = [None] * len(seeds)
     if run.out is None:
-        return [None] * len(seeds)
+        return paths
     device = next(model.parameters()).device
     images = (torch.from_numpy(run.heldout.images[:FIGURE_IMAGES]).to(device, torch.float32)
               / 255.0)
@@ -269,15 +333,13 @@ def _draw_figures(run: _Run, model: AIR, seeds: list[int], last: Evaluation | No
     canvas, _ = model.render(inference)
     boxes = box_pixels(inference.z_where, model.canvas)
     presence = torch.sigmoid(inference.pres_logits)
-    paths: list[str | None] = []
-    for r, seed in enumerate(seeds):
+    for r in which:
+        seed = seeds[r]
         folder = run.out / f"seed_{seed}"
         if torch.isfinite(canvas[r]).all():
-            paths.append(str(reconstruction_figure(
+            paths[r] = str(reconstruction_figure(
                 images.cpu().numpy(), canvas[r].cpu().numpy(), boxes[r].cpu().numpy(),
-                presence[r].cpu().numpy(), f"seed {seed}", folder / "reconstruction.png")))
-        else:
-            paths.append(None)
+                presence[r].cpu().numpy(), f"seed {seed}", folder / "reconstruction.png"))
         if last is not None and located is not None:  # the final evaluation saw these weights
             attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
                              model.canvas, f"seed {seed}: where each step attends (held-out)",

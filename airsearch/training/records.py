@@ -39,6 +39,7 @@ class SeedRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     figure_path: str | None = None  # the seed's reconstruction.png (its figures' folder)
     diverged_at_step: int | None = None
+    stopped_at_step: int | None = None  # where a verdict took it out of training (eval.verdicts)
 
     @classmethod
     def error(cls, seed: int) -> SeedRecord:

@@ -74,6 +74,14 @@ class ReplicaStep:
             for gen, gen_state in zip(gens, saved, strict=True):
                 gen.set_state(gen_state)
 
+    def subset(self, keep: list[int]) -> ReplicaStep:
+        """The replicas at positions `keep` alone, as they are now: a decided seed leaves the
+        batch and its compute is freed. A resumed run rebuilds the same smaller step from its
+        checkpoint, so both go on bitwise alike."""
+        smaller = ReplicaStep(self.config, [self.seeds[r] for r in keep], self.train_images)
+        smaller.load_state_dict(select_replicas(self.state_dict(), smaller, keep))
+        return smaller
+
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Train step `step` (0-based); returns (mean ELBO per replica, newly diverged mask)."""
         terms = self.forward(step)
@@ -114,3 +122,29 @@ class ReplicaStep:
         self.optimizer.step()
         self.guard.after_step()
         return newly
+
+
+def select_replicas(state: dict[str, Any], smaller: ReplicaStep, keep: list[int]
+                    ) -> dict[str, Any]:
+    """`state` (ReplicaStep.state_dict of R replicas) cut down to the replicas `keep`.
+
+    A tensor of the model is per replica where its shape differs from the smaller model's
+    (only the leading R differs); the optimiser's moments are per replica like their
+    parameters, its step counts are scalars."""
+    index = torch.tensor(keep)
+    template = smaller.model.state_dict()
+    model = {key: value if value.shape == template[key].shape else value[index.to(value.device)]
+             for key, value in state["model"].items()}
+    replicas = state["active"].shape[0]
+
+    def per_replica(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == replicas:
+            return value[index.to(value.device)]
+        return value.clone() if isinstance(value, torch.Tensor) else value  # never shared
+
+    optimizer = {"param_groups": state["optimizer"]["param_groups"],
+                 "state": {i: {name: per_replica(v) for name, v in entry.items()}
+                           for i, entry in state["optimizer"]["state"].items()}}
+    return {"model": model, "optimizer": optimizer, "active": state["active"][index],
+            "data_gens": [state["data_gens"][r] for r in keep],
+            "noise_gens": [state["noise_gens"][r] for r in keep]}
