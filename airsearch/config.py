@@ -20,6 +20,15 @@ REFERENCE_DIGIT_SIZE = 21.0
 REFERENCE_CANVAS_SIZE = 50
 
 
+# Keys that counted absolute steps, and the fractions of train.steps that replaced them.
+RENAMED = {
+    "prior.z_pres.hold": "prior.z_pres.decay_start",
+    "prior.z_pres.duration": "prior.z_pres.decay_end",
+    "estimator.reinforce_warmup": "estimator.reinforce_warmup_end",
+    "estimator.temperature_duration": "estimator.temperature_end",
+}
+
+
 class ConfigError(ValueError):
     """A config key or value is not allowed; the message names the key and the allowed values."""
 
@@ -102,8 +111,10 @@ class ZPresPrior:
                            low=0.0, high=1.0, low_open=True, high_open=True)
     final: float = _knob(1e-4, "success probability once the decay is over",
                          low=0.0, high=1.0, low_open=True, high_open=True)
-    hold: int = _knob(0, "training steps at the initial value before the decay begins", low=0)
-    duration: int = _knob(1, "training steps the decay takes", low=1)
+    decay_start: float = _knob(0.0, "fraction of train.steps at the initial value before the "
+                               "decay begins", low=0.0, high=1.0)
+    decay_end: float = _knob(1.0, "fraction of train.steps at which the decay reaches the final "
+                             "value", low=0.0, high=1.0)
 
 
 @dataclass
@@ -162,17 +173,18 @@ class EstimatorConfig:
                       "presence > 0.5 rule)", choices=("reinforce", "vimco", "relaxed"))
     reward_to_go: bool = _knob(False, "reinforce: step i's presence decision is scored only with "
                                "the ELBO terms from step i on (unbiased, lower variance)")
-    reinforce_warmup: int = _knob(0, "reinforce: training steps over which the REINFORCE term's "
-                                  "weight rises linearly from 0 to 1 (0: full weight at once)",
-                                  low=0)
+    reinforce_warmup_end: float = _knob(0.0, "reinforce: fraction of train.steps over which "
+                                        "the REINFORCE term's weight rises linearly from 0 to 1 "
+                                        "(0: full weight at once)", low=0.0, high=1.0)
     particles: int = _knob(1, "samples per image, repeated along the batch (vimco: the bound's "
                            "S, >= 2)", low=1, high=64)
     temperature_initial: float = _knob(1.0, "relaxed: Concrete temperature at step 0", low=0.0,
                                        high=100.0, low_open=True)
     temperature_final: float = _knob(0.1, "relaxed: temperature after the decay (lower: less "
                                      "bias, more variance)", low=0.0, high=100.0, low_open=True)
-    temperature_duration: int = _knob(10000, "relaxed: steps of the geometric decay from the "
-                                      "initial to the final temperature", low=1)
+    temperature_end: float = _knob(1.0, "relaxed: fraction of train.steps over which the "
+                                   "temperature falls geometrically from the initial to the "
+                                   "final value", low=0.0, high=1.0, low_open=True)
 
 
 @dataclass
@@ -207,6 +219,10 @@ class EvalConfig:
                              low=0.0, high=1.0)
     hold: int = _knob(1, "consecutive final evaluations that must all reach the threshold",
                       low=1)
+    beyond_digits: int = _knob(0, "also evaluate on held-out images of exactly this many "
+                               "digits (0: off), e.g. 3 after training on 0-2: does AIR count "
+                               "past its training range? Logged as eval/accuracy_count_<n>; "
+                               "needs model.max_steps >= it", low=0, high=10)
     verdicts: bool = _knob(True, "stop training a seed once its outcome is decided, so it "
                            "leaves the batch and frees its compute (a diverged seed at once; "
                            "eval.decide_converged, eval.decide_collapsed); false: every seed "
@@ -277,10 +293,22 @@ class AIRConfig:
         if self.model.likelihood_sd_start >= self.model.likelihood_sd_end:
             raise ConfigError(f"model.likelihood_sd_start ({self.model.likelihood_sd_start}) "
                               f"must be < model.likelihood_sd_end ({self.model.likelihood_sd_end})")
+        if self.eval.beyond_digits > self.model.max_steps:
+            raise ConfigError(f"eval.beyond_digits ({self.eval.beyond_digits}) must be <= "
+                              f"model.max_steps ({self.model.max_steps}): AIR cannot count "
+                              "past its steps")
+        if 0 < self.eval.beyond_digits <= self.data.max_digits:
+            raise ConfigError(f"eval.beyond_digits ({self.eval.beyond_digits}) must be > "
+                              f"data.max_digits ({self.data.max_digits}), or 0 (off): the "
+                              "held-out set already has those counts")
         if self.eval.decide_converged < self.eval.hold:
             raise ConfigError(f"eval.decide_converged ({self.eval.decide_converged}) must be >= "
                               f"eval.hold ({self.eval.hold}): a seed decided converged must "
                               "meet the convergence rule")
+        z_pres = self.prior.z_pres
+        if z_pres.schedule != "constant" and z_pres.decay_start >= z_pres.decay_end:
+            raise ConfigError(f"prior.z_pres.decay_start ({z_pres.decay_start}) must be < "
+                              f"prior.z_pres.decay_end ({z_pres.decay_end})")
         if self.train.lr_decay_start >= self.train.lr_decay_end:
             raise ConfigError(f"train.lr_decay_start ({self.train.lr_decay_start}) must be < "
                               f"train.lr_decay_end ({self.train.lr_decay_end})")
@@ -333,6 +361,10 @@ def knob_specs() -> dict[str, KnobSpec]:
 
 def unknown_key_message(key: str) -> str:
     """Name the bad key and the closest known ones (all keys: `train --list-keys`)."""
+    if key in RENAMED:
+        return (f"{key} counted training steps and is gone: use {RENAMED[key]}, a fraction of "
+                "train.steps (every step-dependent knob is set in fractions of the run; e.g. "
+                "1,000 of 10,000 steps -> 0.1)")
     specs = knob_specs()
     close = difflib.get_close_matches(key, specs, n=3, cutoff=0.6)
     section = key.rsplit(".", 1)[0] + "."

@@ -1,13 +1,17 @@
 """Every number that changes with the training step, as pure functions of (config, step).
 
+Every change is set in fractions of train.steps (`_between`), so one setting suits a short
+run and a long study alike.
+
 A training step evaluates each once: the loss's into one `Schedule` (evaluation and
 diagnostics take the schedule of the step they look at), the optimiser's learning-rate factor
 on its own. Keeping them together shows at a glance what a run anneals:
   z_pres prior   the success probability of the count prior: high at the start so the model
                  explores using its steps, low at the end so each extra step must pay for
-                 itself (Kosiorek: 1-1e-15 -> 1e-7 exponentially over 1e5 steps after 1e3).
+                 itself (Kosiorek: 1-1e-15 -> 1e-7 exponentially over 1e5 steps after 1e3,
+                 i.e. between the fractions 0.01 and 1 of the run).
   learning rate  a multiplier on both groups' rates, decaying late in the run.
-  REINFORCE      the score term's weight, warmed up from 0 (estimator.reinforce_warmup).
+  REINFORCE      the score term's weight, warmed up from 0 (estimator.reinforce_warmup_end).
   temperature    the Concrete temperature of the relaxed estimator.
   blur           the weight of the blurred image comparison (model.blur_px), 1 -> 0 early on.
   likelihood sd  the pixel likelihood's sd, when it moves to model.likelihood_sd_final.
@@ -34,9 +38,10 @@ class Schedule:
 
 def schedule_at(config: AIRConfig, step: int) -> Schedule:
     """The loss's schedules of `config` at training step `step` (0-based)."""
-    return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, step),
-                    temperature=temperature(config.estimator, step),
-                    reinforce_weight=warmup_weight(config.estimator, step),
+    steps = config.train.steps
+    return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, steps, step),
+                    temperature=temperature(config.estimator, steps, step),
+                    reinforce_weight=warmup_weight(config.estimator, steps, step),
                     blur_weight=blur_weight(config, step),
                     likelihood_sd=likelihood_sd(config, step))
 
@@ -46,9 +51,10 @@ def progress(step: int, hold: int, duration: int) -> float:
     return min(max((step - hold) / duration, 0.0), 1.0)
 
 
-def z_pres_prior_logit(prior: ZPresPrior, step: int) -> float:
-    """The prior's log-odds of presence at `step`, computed in float64 so p = 1-1e-15 survives."""
-    t = progress(step, prior.hold, prior.duration)
+def z_pres_prior_logit(prior: ZPresPrior, steps: int, step: int) -> float:
+    """The prior's log-odds of presence at `step` of a run of `steps`, computed in float64 so
+    p = 1-1e-15 survives."""
+    t = progress(step, *_between(prior.decay_start, prior.decay_end, steps))
     p0, p1 = prior.initial, prior.final
     if prior.schedule == "constant":
         return _logit(p0)
@@ -90,14 +96,12 @@ def geometric(start: float, end: float, t: float) -> float:
     return math.exp(math.log(start) + (math.log(end) - math.log(start)) * t)
 
 
-def warmup_weight(estimator: EstimatorConfig, step: int | None) -> float:
-    """Weight of the REINFORCE term: 0 -> 1 linearly over estimator.reinforce_warmup steps.
-
-    step None means past any warm-up.
-    """
-    if step is None or estimator.reinforce_warmup == 0:
+def warmup_weight(estimator: EstimatorConfig, steps: int, step: int) -> float:
+    """Weight of the REINFORCE term: 0 -> 1 linearly over the first
+    estimator.reinforce_warmup_end of the run."""
+    if estimator.reinforce_warmup_end == 0:
         return 1.0
-    return min(step / estimator.reinforce_warmup, 1.0)
+    return progress(step, *_between(0.0, estimator.reinforce_warmup_end, steps))
 
 
 def blur_weight(config: AIRConfig, step: int) -> float:
@@ -118,12 +122,11 @@ def likelihood_sd(config: AIRConfig, step: int) -> float:
     return geometric(m.likelihood_sd, m.likelihood_sd_final, t)
 
 
-def temperature(estimator: EstimatorConfig, step: int | None) -> float:
-    """Concrete temperature: geometric from temperature_initial to temperature_final
-    (reached at estimator.temperature_duration; step None means past it)."""
-    t0, t1 = estimator.temperature_initial, estimator.temperature_final
-    done = 1.0 if step is None else min(step / estimator.temperature_duration, 1.0)
-    return geometric(t0, t1, done)
+def temperature(estimator: EstimatorConfig, steps: int, step: int) -> float:
+    """Concrete temperature: geometric from temperature_initial to temperature_final, reached
+    at the fraction estimator.temperature_end of the run."""
+    done = progress(step, *_between(0.0, estimator.temperature_end, steps))
+    return geometric(estimator.temperature_initial, estimator.temperature_final, done)
 
 
 def _logit(p: float) -> float:

@@ -135,13 +135,17 @@ def test_log_probs_use_stable_logsigmoid():
 
 # ------------------------------------------------------------------------------ schedules
 
-def _prior(schedule, initial=0.9, final=0.01, hold=10, duration=100):
-    return ZPresPrior(schedule=schedule, initial=initial, final=final, hold=hold,
-                      duration=duration)
+RUN = 1000  # steps of the run the fractions below are taken of
+
+
+def _prior(schedule, initial=0.9, final=0.01, start=0.01, end=0.11):
+    """Held for steps 0-10 of RUN, then decaying over the next 100 steps."""
+    return ZPresPrior(schedule=schedule, initial=initial, final=final, decay_start=start,
+                      decay_end=end)
 
 
 def _p(prior, step):
-    return 1.0 / (1.0 + math.exp(-z_pres_prior_logit(prior, step)))
+    return 1.0 / (1.0 + math.exp(-z_pres_prior_logit(prior, RUN, step)))
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "exponential", "logit"])
@@ -154,7 +158,7 @@ def test_schedule_starts_at_initial_and_holds(schedule):
 
 @pytest.mark.parametrize("schedule", ["linear", "exponential", "logit"])
 def test_schedule_ends_at_final(schedule):
-    """Decaying schedules reach `final` at hold + duration and stay there."""
+    """Decaying schedules reach `final` at the fraction decay_end of the run and stay there."""
     prior = _prior(schedule)
     assert _p(prior, 11) < 0.9
     for step in (110, 111, 10_000):
@@ -170,10 +174,10 @@ def test_constant_ignores_final():
 def test_midpoints():
     """Halfway: linear is the arithmetic mean, exponential the geometric mean, logit the mean
     log-odds."""
-    half = 60  # hold 10 + duration 100 / 2
+    half = 60  # held 10 steps + half of the 100-step decay
     assert _p(_prior("linear"), half) == pytest.approx((0.9 + 0.01) / 2, rel=1e-9)
     assert _p(_prior("exponential"), half) == pytest.approx(math.sqrt(0.9 * 0.01), rel=1e-9)
-    assert z_pres_prior_logit(_prior("logit"), half) == pytest.approx(
+    assert z_pres_prior_logit(_prior("logit"), RUN, half) == pytest.approx(
         (_logit(0.9) + _logit(0.01)) / 2, rel=1e-9)
 
 
@@ -181,17 +185,18 @@ def test_schedules_are_monotone():
     """A decay from a high to a low probability never goes back up."""
     for schedule in ("linear", "exponential", "logit"):
         prior = _prior(schedule)
-        values = [z_pres_prior_logit(prior, s) for s in range(0, 130)]
+        values = [z_pres_prior_logit(prior, RUN, s) for s in range(0, 130)]
         assert all(a >= b for a, b in zip(values, values[1:], strict=False)), schedule
 
 
 def test_kosiorek_extreme_prior_is_finite():
     """p = 1-1e-15 stays below 1 in the logit (finite, > 30); 1e-7 gives a finite negative one."""
-    prior = ZPresPrior(schedule="exponential", initial=1 - 1e-15, final=1e-7, hold=1000,
-                       duration=100_000)
-    start = z_pres_prior_logit(prior, 0)
+    steps = 101_000  # held 1,000 steps, then decaying over 100,000
+    prior = ZPresPrior(schedule="exponential", initial=1 - 1e-15, final=1e-7,
+                       decay_start=1000 / steps, decay_end=1.0)
+    start = z_pres_prior_logit(prior, steps, 0)
     assert math.isfinite(start) and start > 30
-    end = z_pres_prior_logit(prior, 101_000)
+    end = z_pres_prior_logit(prior, steps, steps)
     assert math.isfinite(end) and end == pytest.approx(_logit(1e-7), rel=1e-9)
     for step in (1000, 1001, 50_000):
-        assert math.isfinite(z_pres_prior_logit(prior, step))
+        assert math.isfinite(z_pres_prior_logit(prior, steps, step))

@@ -177,17 +177,29 @@ def test_relaxed_rounds_to_the_sampled_count():
     assert float((relaxed - mask).abs().max()) < 0.5 and torch.equal(relaxed.round(), mask)
 
 
-def test_schedules():
-    config = AIRConfig.from_flat({"estimator.reinforce_warmup": 100,
+def test_schedules_in_fractions_of_the_run():
+    """Warm-up over the first tenth of a 1,000-step run, temperature over the first 1%."""
+    config = AIRConfig.from_flat({"estimator.reinforce_warmup_end": 0.1,
                                   "estimator.temperature_initial": 2.0,
                                   "estimator.temperature_final": 0.5,
-                                  "estimator.temperature_duration": 10}).estimator
-    assert schedules.warmup_weight(config, 0) == 0.0
-    assert schedules.warmup_weight(config, 50) == 0.5
-    assert schedules.warmup_weight(config, None) == 1.0
-    assert schedules.temperature(config, 0) == pytest.approx(2.0)
-    assert schedules.temperature(config, 5) == pytest.approx(1.0)
-    assert schedules.temperature(config, 1000) == pytest.approx(0.5)
+                                  "estimator.temperature_end": 0.01}).estimator
+    assert schedules.warmup_weight(config, 1000, 0) == 0.0
+    assert schedules.warmup_weight(config, 1000, 50) == 0.5
+    assert schedules.warmup_weight(config, 1000, 999) == 1.0
+    assert schedules.warmup_weight(config, 2000, 50) == 0.25  # the same fraction of a longer run
+    assert schedules.temperature(config, 1000, 0) == pytest.approx(2.0)
+    assert schedules.temperature(config, 1000, 5) == pytest.approx(1.0)
+    assert schedules.temperature(config, 1000, 1000) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("old, new", [("prior.z_pres.hold", "prior.z_pres.decay_start"),
+                                      ("estimator.reinforce_warmup",
+                                       "estimator.reinforce_warmup_end"),
+                                      ("estimator.temperature_duration",
+                                       "estimator.temperature_end")])
+def test_keys_that_counted_steps_name_their_fractions(old, new):
+    with pytest.raises(ConfigError, match=f"use {new}, a fraction of train.steps"):
+        AIRConfig.from_flat({old: 100})
 
 
 def test_vimco_needs_two_particles():
@@ -205,9 +217,9 @@ def _images(n: int = 64, size: int = 24) -> torch.Tensor:
 @pytest.mark.parametrize("overrides", [
     {"estimator.kind": "reinforce"},
     {"estimator.kind": "reinforce", "estimator.reward_to_go": True,
-     "estimator.reinforce_warmup": 2},
+     "estimator.reinforce_warmup_end": 0.5},
     {"estimator.kind": "vimco", "estimator.particles": 3},
-    {"estimator.kind": "relaxed", "estimator.temperature_duration": 2},
+    {"estimator.kind": "relaxed", "estimator.temperature_end": 0.5},
     {"model.residual_input": False, "estimator.baseline_input": "image_and_z"},
 ])
 def test_training_steps_are_finite(overrides):

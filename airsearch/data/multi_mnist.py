@@ -115,6 +115,16 @@ def load_datasets(config: DataConfig, mnist_dir: str | None = None
     return train, heldout, info
 
 
+def load_heldout_of(config: DataConfig, digits: int, mnist_dir: str | None = None
+                    ) -> MultiMNIST:
+    """Held-out images with exactly `digits` digits (from the held-out digits), as many as
+    data.heldout_images, laid out like the data set of `config`: for counting past the
+    training range (eval.beyond_digits)."""
+    exact = dataclasses.replace(config, min_digits=digits, max_digits=digits, train_images=64)
+    _, heldout, _ = load_datasets(exact, mnist_dir)
+    return heldout
+
+
 def cache_key(config: DataConfig, train: Digits, heldout: Digits) -> str:
     """Short hash of the config, the digits' content and the format: what decides the arrays."""
     digest = hashlib.sha256()

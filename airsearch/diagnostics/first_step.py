@@ -57,7 +57,8 @@ def first_step_value(model: AIR, x: torch.Tensor, seed: int) -> FirstStepValue:
                          model.where_prior_loc, model.where_prior_sd).sum(-1)
     kl_what = normal_kl(inference.what_loc[..., 0, :], inference.what_sd[..., 0, :],
                         0.0, 1.0).sum(-1)
-    prior = NumSteps(torch.full((K,), z_pres_prior_logit(config.prior.z_pres, 0)))
+    logit = z_pres_prior_logit(config.prior.z_pres, config.train.steps, 0)
+    prior = NumSteps(torch.full((K,), logit))
     H = x.shape[-1]
     box = box_pixels(inference.where_loc[0, :, 0], H)  # (B, 4)
     centres = torch.arange(H, dtype=x.dtype) + 0.5

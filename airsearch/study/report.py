@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,9 +37,11 @@ from airsearch.study.tracking import (  # noqa: E402
     REFERENCE,
     STORAGE,
     STUDY,
+    TIMES,
     TRIAL_COUNT,
     VARIED,
 )
+from airsearch.survival import SeedTime, TimeToCount, kaplan_meier, logrank_p  # noqa: E402
 from airsearch.training.figures import confusion_figure  # noqa: E402
 from airsearch.training.outcomes import ACCURACY  # noqa: E402
 
@@ -67,6 +70,12 @@ class ConfigRow:
     error: str
     vs_reference: Comparison | None = None  # this rate minus the reference's; None for itself
     confusion: list[list[int]] | None = None  # true x inferred count, summed over its seeds
+    times: list[SeedTime] | None = None  # per seed, when it first reached the threshold
+    logrank_p: float = math.nan  # time to count against the reference's (log-rank)
+
+    @property
+    def time_to_count(self) -> TimeToCount | None:
+        return kaplan_meier(self.times) if self.times else None
 
 
 @dataclass
@@ -138,6 +147,8 @@ def load_report(tracking_uri: str, name: str) -> StudyReport:
             if row is not ref:
                 row.vs_reference = compare(Rate(row.k, row.n, row.low, row.high),
                                            Rate(ref.k, ref.n, ref.low, ref.high))
+                if row.times and ref.times:
+                    row.logrank_p = logrank_p(row.times, ref.times)
     return StudyReport(name=name, mode=tags.get(MODE, "?"),
                        varied=[k for k in tags.get(VARIED, "").split(",") if k],
                        expected=int(tags.get(TRIAL_COUNT, 0)),
@@ -157,7 +168,9 @@ def _row(run: Any) -> ConfigRow:
         mean_steps_to_converge=m.get("mean_steps_to_converge"),
         mean_seconds_to_converge=m.get("mean_seconds_to_converge"),
         error=tags.get(ERROR_TAG, "").split("\n")[0],
-        confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None)
+        confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None,
+        times=[SeedTime(reached, last) for reached, last in json.loads(tags[TIMES])]
+        if TIMES in tags else None)
 
 
 def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
@@ -171,13 +184,16 @@ def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
         "outcomes": " ".join(f"{o}:{c}" for o, c in row.outcomes.items()),
         "steps_to_converge": "-" if steps is None else f"{steps:.0f}",
         "seconds_to_converge": "-" if secs is None else f"{secs:.1f}"})
+    curve = row.time_to_count
+    cells["median_steps_to_threshold"] = "-" if curve is None else curve.median_text()
     if report.reference:
         c = row.vs_reference
         cells.update({"vs_reference": "reference" if row.config_id == report.reference
                       else "-" if c is None else f"{c.difference:+.2f}",
                       "newcombe95": "-" if c is None else f"[{c.low:+.2f}, {c.high:+.2f}]",
                       "fisher_p": "-" if c is None else f"{c.p_value:.3g}",
-                      "verdict": "-" if c is None else c.verdict})
+                      "verdict": "-" if c is None else c.verdict,
+                      "logrank_p": "-" if math.isnan(row.logrank_p) else f"{row.logrank_p:.3g}"})
     if row.error:
         cells["outcomes"] += f" ({row.error[:60]})"
     return cells
@@ -202,6 +218,9 @@ def _csv_row(report: StudyReport, row: ConfigRow) -> dict[str, Any]:
         "newcombe_high": "" if c is None else c.high,
         "fisher_p": "" if c is None else c.p_value,
         "verdict": "" if c is None else c.verdict,
+        "median_steps_to_threshold": "" if (curve := row.time_to_count) is None
+        or curve.median is None else curve.median,
+        "logrank_p": "" if math.isnan(row.logrank_p) else row.logrank_p,
         "error": row.error})
     return cells
 
@@ -242,7 +261,10 @@ def render(report: StudyReport, fmt: str) -> str:
               f"(ranked by rate, ties by mean held-out count accuracy)" if best else "no "
               "complete configuration yet")
     tests = (f"reference: {report.reference}; vs_reference = rate minus the reference's, "
-             f"Newcombe 95% interval, Fisher exact p\n{report.verdict()}")
+             f"Newcombe 95% interval, Fisher exact p; median_steps_to_threshold = the "
+             f"Kaplan-Meier median step by which half the seeds first reached the threshold, "
+             f"95% interval; logrank_p = time to count against the reference's, log-rank\n"
+             f"{report.verdict()}")
     return "\n".join([title, "", *lines, "", footer, tests])
 
 
@@ -369,6 +391,45 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
     return path
 
 
+def plot_time_to_count(report: StudyReport, out_dir: Path) -> Path | None:
+    """Kaplan-Meier: the share of each configuration's seeds that has reached the threshold
+    by each step, with its 95% band; the reference in black. Seeds that never reached it
+    are censored where they stopped (a tick)."""
+    ref = report.reference_row
+    rows = [r for r in ([ref] if ref else []) + [r for r in report.rows if r is not ref]
+            if r.times]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, row in enumerate(rows):
+        curve = row.time_to_count
+        assert curve is not None
+        colour = "black" if row is ref else f"C{i % 10}"
+        steps = [0.0, *curve.steps]
+        label = f"{_title(row)}{' [ref]' if row is ref else ''}: median {curve.median_text()}"
+        if row is not ref and not math.isnan(row.logrank_p):
+            label += f", log-rank p {row.logrank_p:.2g}"
+        ax.step(steps, [0.0, *curve.reached], where="post", color=colour, lw=1.5,
+                label=textwrap.shorten(label, 90))
+        ax.fill_between(steps, [0.0, *curve.low], [0.0, *curve.high], step="post",
+                        color=colour, alpha=0.08)
+        censored = [t.last for t in row.times or [] if t.reached is None]
+        if censored:
+            ax.plot(censored, [curve.share_by(s) for s in censored], "|", color=colour, ms=9)
+    ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share of seeds at the threshold (Kaplan-Meier)")
+    ax.set_title(f"{report.name}: time to count", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "time_to_count.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
 def plot_confusions(report: StudyReport, out_dir: Path) -> Path | None:
     """Each configuration's count confusion matrix over all its seeds (reference first)."""
     ref = report.reference_row
@@ -426,7 +487,8 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
     """Write the tables and plots to out_dir and log them on the study's report run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = plot_rates(report, out_dir)
-    figures = [plot_configurations(report, out_dir), plot_confusions(report, out_dir)] + [
+    figures = [plot_configurations(report, out_dir), plot_time_to_count(report, out_dir),
+               plot_confusions(report, out_dir)] + [
         plot_seed_curves(tracking_uri, report, metric, out_dir) for metric in CURVES]
     paths += [path for path in figures if path is not None]
     importance = plot_importances(report, out_dir)

@@ -38,7 +38,8 @@ from airsearch.config import ConfigError
 from airsearch.study.space import overrides_from_params
 from airsearch.study.spec import StudySpec
 from airsearch.study.trial import decode_artifacts, seeds_of
-from airsearch.training.outcomes import ERROR, OUTCOMES
+from airsearch.survival import kaplan_meier, seed_time
+from airsearch.training.outcomes import ACCURACY, ERROR, OUTCOMES
 from airsearch.training.records import SeedRecord
 
 STUDY = "airsearch.study"
@@ -58,6 +59,8 @@ ERROR_TAG = "airsearch.error"  # why a configuration failed
 BEST = "airsearch.best_config_id"  # on the report run
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
 CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds
+TIMES = "airsearch.time_to_count"  # per seed [first step at the threshold or null, last step]
+SHARE_REACHED = "time_to_count/share_reached"  # Kaplan-Meier, one point per evaluation step
 WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
 LAST_STEP = "airsearch.last_step"  # the last evaluation a seed run holds
 RUNNING = "running"  # a seed's outcome while its configuration trains
@@ -264,9 +267,19 @@ class StudyTracker:
         if steps:
             values["mean_steps_to_converge"] = sum(steps) / len(steps)
             values["mean_seconds_to_converge"] = sum(secs) / len(secs)
+        times = [seed_time(rec.history, ACCURACY, self.spec.threshold) for rec in seeds
+                 if rec.outcome != ERROR]
+        curve = kaplan_meier(times) if times else None
+        if curve is not None and curve.median is not None:
+            values["median_steps_to_threshold"] = curve.median
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
-                                               for k, v in values.items()])
+        points = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        if curve is not None:  # MLflow draws it per configuration, steps on the x axis
+            evaluated = range(self.spec.eval_every, self.spec.steps + 1, self.spec.eval_every)
+            points += [Metric(SHARE_REACHED, curve.share_by(step), now, step)
+                       for step in evaluated]
+        for start in range(0, len(points), BATCH):
+            self.client.log_batch(run_id, metrics=points[start:start + BATCH])
         tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "1"),
                 *(RunTag(f"airsearch.{key}", str(result[key])) for key in PLACEMENT
                   if result.get(key) not in (None, ""))]
@@ -275,6 +288,8 @@ class StudyTracker:
         matrices = [rec.confusion for rec in seeds if rec.confusion]
         if matrices:  # every seed of a configuration has the same counts, so the same shape
             tags.append(RunTag(CONFUSION, json.dumps(np.sum(matrices, axis=0).tolist())))
+        if times:
+            tags.append(RunTag(TIMES, json.dumps([[t.reached, t.last] for t in times])))
         if result.get("resumed_from_step"):
             tags.append(RunTag("airsearch.resumed_from_step", str(result["resumed_from_step"])))
         self.client.log_batch(run_id, tags=tags)

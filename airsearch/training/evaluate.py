@@ -50,7 +50,14 @@ class Evaluation:
                SHARE_MAX: float(self.share_inferred(self.confusion.shape[2] - 1)[r])}
         for k, share in enumerate(self.presence[r].tolist(), start=1):
             out[f"eval/presence_step_{k}"] = share
+        out.update(self.per_count(r))
         return out
+
+    def per_count(self, r: int) -> dict[str, float]:
+        """Replica r's accuracy on the images of each true count (eval/accuracy_count_<c>)."""
+        rows = self.confusion[r]
+        return {f"eval/accuracy_count_{c}": float(rows[c, c]) / float(rows[c].sum())
+                for c in range(rows.shape[0]) if rows[c].sum() > 0}
 
 
 def deterministic_inference(model: AIR, x: torch.Tensor) -> Inference:

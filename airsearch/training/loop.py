@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from airsearch.config import AIRConfig
 from airsearch.data import MultiMNIST, load_datasets
+from airsearch.data.multi_mnist import load_heldout_of
 from airsearch.model.air import AIR
 from airsearch.model.spatial import box_pixels
 from airsearch.schedules import learning_rate_factor, schedule_at
@@ -68,6 +69,8 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
         check_fresh_folder(Path(out_dir))
     start = time.perf_counter() - (resume.wall_s if resume is not None else 0.0)
     train, heldout, data_info = load_datasets(config.data, mnist_dir=mnist_dir)
+    beyond = (load_heldout_of(config.data, config.eval.beyond_digits, mnist_dir)
+              if config.eval.beyond_digits else None)
     if resume is not None and resume.data != data_info.to_dict():
         raise CheckpointError(f"the run trained on {resume.data['source']}, this machine "
                               f"offers {data_info.source}: point --mnist-dir at the same "
@@ -78,8 +81,8 @@ def train_seeds(config: AIRConfig, seeds: Sequence[int], *, out_dir: Path | None
                    f"{config.train.steps}-step run")
     torch_device = torch.device(device)
     out = Path(out_dir) if out_dir is not None else None
-    run = _Run(config, seeds, train, heldout, torch_device, out, on_eval, progress, start,
-               data_info.to_dict())
+    run = _Run(config, seeds, train, heldout, beyond, torch_device, out, on_eval, progress,
+               start, data_info.to_dict())
     chunks: list[tuple[list[int], Checkpoint | None]] = []
     todo = seeds
     if resume is not None:
@@ -106,6 +109,7 @@ class _Run:
     seeds: list[int]
     train: MultiMNIST
     heldout: MultiMNIST
+    beyond: MultiMNIST | None  # held-out images past the training counts (eval.beyond_digits)
     device: torch.device
     out: Path | None
     on_eval: Callable[[EvalRecord], None] | None
@@ -227,6 +231,10 @@ def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evalua
             ) -> list[dict[str, float]]:
     """One evaluation into the seeds' histories and convergence. Returns each seed's metrics."""
     config, R = run.config, len(seeds)
+    beyond = None
+    if run.beyond is not None:  # counting past the training range: its images' accuracy
+        beyond = evaluate(trainer.model, torch.from_numpy(run.beyond.images),
+                          torch.from_numpy(run.beyond.counts), seeds, schedule_at(config, step))
     grad_var = None
     every = config.eval.gradient_variance_every
     if every and step % every == 0:
@@ -240,6 +248,7 @@ def _record(run: _Run, trainer: ReplicaStep, seeds: list[int], step: int, evalua
     for r, seed in enumerate(seeds):
         metrics = {"seed": seed, **evaluation.metrics(r), **located.metrics(r),
                    **(grad_var.metrics(r) if grad_var is not None else {}),
+                   **(beyond.per_count(r) if beyond is not None else {}),
                    "train/elbo": float(train_elbo[r]),
                    "train/lr_multiplier": lr_multiplier,
                    "diverged": float(progress.diverged_at[r] is not None)}
