@@ -83,9 +83,9 @@ def kaplan_meier(times: Sequence[SeedTime]) -> TimeToCount:
     steps = [float(s) for s in sf.quantiles]
     reached = [1.0 - float(p) for p in sf.probabilities]
     # The share's interval is the survival function's, turned over; where it is undefined
-    # (the share is 1) it keeps its last lower bound and reaches 1.
-    low = _carried([1.0 - float(p) for p in interval.high.probabilities], 0.0)
-    high = _carried([1.0 - float(p) for p in interval.low.probabilities], 1.0, fill=1.0)
+    # (every seed still at risk reached the threshold there) it is the estimate itself.
+    low = _defined([1.0 - float(p) for p in interval.high.probabilities], reached)
+    high = _defined([1.0 - float(p) for p in interval.low.probabilities], reached)
 
     def first(shares: list[float]) -> float | None:
         return next((s for s, r in zip(steps, shares, strict=True) if r >= 0.5), None)
@@ -94,13 +94,8 @@ def kaplan_meier(times: Sequence[SeedTime]) -> TimeToCount:
                        events, len(times))
 
 
-def _carried(values: list[float], start: float, fill: float | None = None) -> list[float]:
-    """nan replaced by `fill`, or else by the last defined value before it."""
-    out, last = [], start
-    for v in values:
-        last = v if math.isfinite(v) else (fill if fill is not None else last)
-        out.append(last)
-    return out
+def _defined(bounds: list[float], estimate: list[float]) -> list[float]:
+    return [b if math.isfinite(b) else e for b, e in zip(bounds, estimate, strict=True)]
 
 
 def logrank_p(a: Sequence[SeedTime], b: Sequence[SeedTime]) -> float:

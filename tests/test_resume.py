@@ -21,7 +21,12 @@ from airsearch.atomic import atomic_write
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
 from airsearch.study.trial import resumable_checkpoint, trial_folder
-from airsearch.training.checkpoint import CheckpointError, check_resumable, load_checkpoint
+from airsearch.training.checkpoint import (
+    CheckpointError,
+    check_resumable,
+    load_checkpoint,
+    read_checkpoint_file,
+)
 from airsearch.training.loop import train_seeds
 from airsearch.training.step import ReplicaStep
 from cli import main
@@ -81,7 +86,7 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, chunk_size,
     resumed = train_seeds(config, [0, 1], out_dir=out, progress=False, chunk_size=chunk_size,
                           resume=checkpoint)
 
-    a, b = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "whole", out))
+    a, b = (read_checkpoint_file(d / "checkpoint.pt") for d in (tmp_path / "whole", out))
     assert a["step"] == b["step"] == 20
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -267,20 +272,33 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def _damaged(data: bytes, damage: str) -> bytes:
+    if damage == "truncate":
+        return data[: len(data) // 2]
+    if damage == "garble":
+        return b"\x93garbled" * 64
+    middle = len(data) // 2  # same size, 4,000 bytes overwritten in the middle
+    return data[:middle] + bytes(4000) + data[middle + 4000:]
+
+
+@pytest.mark.parametrize("damage, said", [("truncate", "cannot be read"),
+                                          ("garble", "cannot be read"),
+                                          ("overwrite", "do not match the checksum")])
 def test_a_damaged_checkpoint_is_set_aside_and_the_configuration_trains_afresh(tmp_path,
-                                                                               damage):
-    """A checkpoint cut off mid-write or garbled is never a result: the trial sets it aside
-    and trains afresh, and `train --resume` says what is wrong in one line."""
+                                                                               damage, said):
+    """A checkpoint cut off mid-write, garbled, or damaged inside at the same size is never a
+    result: the trial sets it aside and trains afresh, and `train --resume` says what is wrong
+    in one line."""
     config = AIRConfig.from_flat({**TINY, "train.steps": 5})
     train_seeds(config, [0], out_dir=tmp_path, progress=False)
     path = tmp_path / "checkpoint.pt"
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x93garbled" * 64)
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    path.write_bytes(_damaged(data, damage))
+    assert damage != "overwrite" or path.stat().st_size == len(data)
+    with pytest.raises(CheckpointError, match=said):
         load_checkpoint(tmp_path)
     result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
-    assert result.exit_code == 2 and "cannot be read" in result.output
+    assert result.exit_code == 2 and said in result.output
     assert "Traceback" not in result.output
     assert resumable_checkpoint(tmp_path, config, (0,)) is None
     assert not path.exists() and len(list(tmp_path.glob("checkpoint.pt.unreadable-*"))) == 1

@@ -6,7 +6,6 @@ import json
 import warnings
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from airsearch.config import AIRConfig
@@ -89,7 +88,8 @@ def test_metrics_jsonl(trained):
 def test_checkpoint(trained):
     """checkpoint.pt holds the last step, the seeds, the config and a loadable state dict."""
     _, out = trained
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    from airsearch.training.checkpoint import read_checkpoint_file
+    ckpt = read_checkpoint_file(out / "checkpoint.pt")
     assert ckpt["step"] == 20 and ckpt["seeds"] == [0, 1]
     from airsearch.model.air import AIR
     model = AIR(AIRConfig.from_flat(ckpt["config"]), ckpt["seeds"])

@@ -13,7 +13,7 @@ import torch
 from airsearch.config import AIRConfig, ConfigError
 from airsearch.data import load_datasets
 from airsearch.training import outcomes
-from airsearch.training.checkpoint import load_checkpoint
+from airsearch.training.checkpoint import load_checkpoint, read_checkpoint_file
 from airsearch.training.loop import train_seeds
 from airsearch.training.step import ReplicaStep
 
@@ -132,6 +132,6 @@ def test_a_run_killed_after_a_verdict_resumes_bitwise(tmp_path):
     for x, y in zip(whole.seeds, resumed.seeds, strict=True):
         assert (x.seed, x.outcome, x.stopped_at_step) == (y.seed, y.outcome, y.stopped_at_step)
         assert json.dumps(x.final, sort_keys=True) == json.dumps(y.final, sort_keys=True)
-    a, b = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "whole", out))
+    a, b = (read_checkpoint_file(d / "checkpoint.pt") for d in (tmp_path / "whole", out))
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name

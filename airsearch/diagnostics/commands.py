@@ -61,7 +61,12 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
     if unknown or not kinds:
         raise click.BadParameter(f"{estimators!r}: allowed are {', '.join(ESTIMATORS)}",
                                  param_hint="--estimators")
-    saved = torch.load(checkpoint, map_location="cpu") if checkpoint else None
+    from airsearch.training.checkpoint import CheckpointError, read_checkpoint_file
+
+    try:
+        saved = read_checkpoint_file(Path(checkpoint)) if checkpoint else None
+    except CheckpointError as err:
+        raise click.UsageError(str(err)) from None
     try:
         base = AIRConfig.from_flat(saved["config"]) if saved else AIRConfig()
         config = AIRConfig.from_flat(parse_assignments(assignments), base=base)

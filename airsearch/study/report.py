@@ -11,6 +11,7 @@ import io
 import json
 import math
 import textwrap
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen first
+from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
@@ -35,13 +37,14 @@ from airsearch.study.tracking import (  # noqa: E402
     OUTCOME,
     OVERRIDES,
     REFERENCE,
+    SHARE_REACHED,
     STORAGE,
     STUDY,
     TIMES,
     TRIAL_COUNT,
     VARIED,
 )
-from airsearch.survival import SeedTime, TimeToCount, kaplan_meier, logrank_p  # noqa: E402
+from airsearch.survival import SeedTime, TimeToCount, kaplan_meier, logrank_p, seed_time  # noqa: E402,E501
 from airsearch.training.figures import confusion_figure  # noqa: E402
 from airsearch.training.outcomes import ACCURACY  # noqa: E402
 
@@ -71,6 +74,7 @@ class ConfigRow:
     vs_reference: Comparison | None = None  # this rate minus the reference's; None for itself
     confusion: list[list[int]] | None = None  # true x inferred count, summed over its seeds
     times: list[SeedTime] | None = None  # per seed, when it first reached the threshold
+    run_id: str = ""  # the configuration's parent run
     logrank_p: float = math.nan  # time to count against the reference's (log-rank)
 
     @property
@@ -138,6 +142,10 @@ def load_report(tracking_uri: str, name: str) -> StudyReport:
     runs = client.search_runs([experiment.experiment_id],
                               f"tags.`{KIND}` = 'configuration'", max_results=50000)
     rows = [_row(run) for run in runs if run.data.tags.get(COMPLETE) == "1"]
+    untimed = [row for row in rows if row.times is None]
+    if untimed:  # logged before time to count was: read it off the seed runs' curves
+        _times_from_seed_runs(client, experiment.experiment_id, untimed,
+                              {run.info.run_id: run for run in runs})
     rows.sort(key=lambda r: (-r.objective, r.config_id))
     tags = experiment.tags
     reference = tags.get(REFERENCE, "")
@@ -156,6 +164,22 @@ def load_report(tracking_uri: str, name: str) -> StudyReport:
                        running=len(runs) - len(rows), reference=reference)
 
 
+def _times_from_seed_runs(client: MlflowClient, experiment_id: str, rows: list[ConfigRow],
+                          parents: dict[str, Any]) -> None:
+    seeds = client.search_runs([experiment_id], f"tags.`{KIND}` = 'seed'", max_results=50000)
+    for row in rows:
+        threshold = float(parents[row.run_id].data.params.get("eval.threshold", "nan"))
+        times = []
+        for run in seeds:
+            if run.data.tags.get(MLFLOW_PARENT_RUN_ID) != row.run_id:
+                continue
+            history = sorted(client.get_metric_history(run.info.run_id, ACCURACY),
+                             key=lambda m: m.step)
+            times.append(seed_time([{"step": m.step, ACCURACY: m.value} for m in history],
+                                   ACCURACY, threshold))
+        row.times = times or None
+
+
 def _row(run: Any) -> ConfigRow:
     m, tags = run.data.metrics, run.data.tags
     k, n = int(m["converged"]), int(m["seeds_done"])
@@ -170,7 +194,7 @@ def _row(run: Any) -> ConfigRow:
         error=tags.get(ERROR_TAG, "").split("\n")[0],
         confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None,
         times=[SeedTime(reached, last) for reached, last in json.loads(tags[TIMES])]
-        if TIMES in tags else None)
+        if TIMES in tags else None, run_id=run.info.run_id)
 
 
 def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
@@ -421,7 +445,7 @@ def plot_time_to_count(report: StudyReport, out_dir: Path) -> Path | None:
     ax.set_xlabel("training step")
     ax.set_ylabel("share of seeds at the threshold (Kaplan-Meier)")
     ax.set_title(f"{report.name}: time to count", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "time_to_count.png"
@@ -483,6 +507,26 @@ def plot_importances(report: StudyReport, out_dir: Path) -> Path | None:
     return path
 
 
+def _backfill_time_to_count(client: MlflowClient, report: StudyReport) -> None:
+    """Configurations logged before time to count was get its curve and median, so MLflow
+    compares them like the others (idempotent: only where the curve is missing)."""
+    for row in report.rows:
+        run = client.get_run(row.run_id)
+        curve = row.time_to_count
+        if curve is None or SHARE_REACHED in run.data.metrics:
+            continue
+        params = run.data.params
+        every, steps = int(params["train.eval_every"]), int(params["train.steps"])
+        now = int(time.time() * 1000)
+        points = [Metric(SHARE_REACHED, curve.share_by(step), now, step)
+                  for step in range(every, steps + 1, every)]
+        if curve.median is not None:
+            points.append(Metric("median_steps_to_threshold", curve.median, now, 0))
+        client.log_batch(row.run_id, metrics=points)
+        client.set_tag(row.run_id, TIMES, json.dumps([[t.reached, t.last]
+                                                      for t in row.times or []]))
+
+
 def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[Path]:
     """Write the tables and plots to out_dir and log them on the study's report run."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -499,6 +543,7 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
         path.write_text(render(report, fmt))
         paths.append(path)
     client = MlflowClient(tracking_uri)
+    _backfill_time_to_count(client, report)
     experiment = experiment_of(client, report.name)
     found = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'report'")
     run_id = (found[0].info.run_id if found else client.create_run(

@@ -1,11 +1,13 @@
 """Checkpoints: everything a killed run needs to go on as if it had never stopped.
 
-Written atomically at every evaluation. Besides the weights it holds the optimiser's moments,
-which replicas the guard froze, every replica's data and noise generator state and the
-loop's record (evaluations, when each seed converged or diverged, wall seconds so far), so a
-resumed run takes bitwise the steps the uninterrupted run would have taken. The seeds of a
-run split into chunks are trained one chunk after another; the checkpoint holds the chunk in
-training and the results of the chunks already finished.
+Written atomically at every evaluation, with a SHA-256 of its contents that loading checks:
+damage inside a file of the right size is found, not resumed. Besides the weights it holds
+the optimiser's moments, which replicas the guard froze, every replica's data and noise
+generator state and the loop's record (evaluations, when each seed converged or diverged,
+wall seconds so far), so a resumed run takes bitwise the steps the uninterrupted run would
+have taken. The seeds of a run split into chunks are trained one chunk after another; the
+checkpoint holds the chunk in training and the results of the chunks already finished (and
+of the seeds that a verdict took out).
 
 A fresh run never writes into a folder that holds another run: its metrics would be appended
 to the other's, and a checkpoint worth resuming overwritten.
@@ -13,6 +15,8 @@ to the other's, and a checkpoint worth resuming overwritten.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import time
@@ -29,7 +33,7 @@ from airsearch.schedules import learning_rate_factor
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("summary.json", "metrics.jsonl", CHECKPOINT)  # and a seed_<s>/ folder per seed
-FORMAT = 1  # raised whenever a field changes meaning, so an old file is refused, not misread
+FORMAT = 2  # raised whenever a field changes meaning, so an old file is refused, not misread
 
 
 class CheckpointError(ValueError):
@@ -117,23 +121,26 @@ def schedule_change(checkpoint: Checkpoint, config: AIRConfig) -> str | None:
 def save_checkpoint(out: Path, checkpoint: Checkpoint) -> None:
     """Write OUT/checkpoint.pt through a temporary file, so a kill never leaves half a file.
 
-    `model`, `seeds`, `step` and `config` sit at the top level for readers that only want the
-    weights (`diagnose gradients --checkpoint`).
+    The file holds the serialised checkpoint as a byte tensor beside its SHA-256
+    (`read_checkpoint_file` checks it); `model`, `seeds`, `step` and `config` sit at the top
+    level of the serialised dict for readers that only want the weights (`diagnose
+    gradients --checkpoint`).
     """
     c = checkpoint  # fields one by one: asdict would deep-copy every tensor of the state
+    inner = io.BytesIO()
+    torch.save({"model": c.state.get("model", {}), "step": c.step, "trainer": c.state,
+                "config": c.config, "all_seeds": c.all_seeds, "data": c.data,
+                "finished": c.finished, "seeds": c.seeds, "wall_s": c.wall_s,
+                "progress": asdict(c.progress)}, inner)
+    blob = inner.getvalue()
     with atomic_write(out / CHECKPOINT) as f:
-        torch.save({"format": FORMAT, "model": c.state.get("model", {}), "step": c.step,
-                    "trainer": c.state, "config": c.config, "all_seeds": c.all_seeds,
-                    "data": c.data, "finished": c.finished, "seeds": c.seeds,
-                    "wall_s": c.wall_s, "progress": asdict(c.progress)}, f)
+        torch.save({"format": FORMAT, "sha256": hashlib.sha256(blob).hexdigest(),
+                    "blob": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}, f)
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """The checkpoint of the run in `run_dir`, or a CheckpointError saying what is wrong."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist: only a run that reached its first "
-                              "evaluation (train.eval_every steps) can be resumed")
+def read_checkpoint_file(path: Path) -> dict[str, Any]:
+    """The serialised checkpoint at `path`, its checksum verified; an UnreadableCheckpoint or
+    CheckpointError saying what is wrong otherwise."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(saved, dict):
@@ -147,6 +154,22 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         raise CheckpointError(f"{path} was written by another version of airsearch (format "
                               f"{saved.get('format')!r}, this one reads {FORMAT}); it cannot "
                               "be resumed")
+    stored = saved.get("blob")
+    blob = stored.numpy().tobytes() if isinstance(stored, torch.Tensor) else b""
+    if hashlib.sha256(blob).hexdigest() != saved.get("sha256"):
+        raise UnreadableCheckpoint(f"{path} is damaged: its contents do not match the "
+                                   "checksum written with them; move it away and train afresh, "
+                                   "or restore it from a copy")
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The checkpoint of the run in `run_dir`, or a CheckpointError saying what is wrong."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: only a run that reached its first "
+                              "evaluation (train.eval_every steps) can be resumed")
+    saved = read_checkpoint_file(path)
     try:
         progress = saved["progress"]
         progress["converged_at"] = [tuple(c) if c is not None else None
