@@ -115,15 +115,6 @@ def test_kl_stable_for_extreme_priors(prior_p):
     assert torch.all(torch.isfinite(q_logits.grad))
 
 
-def test_mean():
-    """mean() is sum_n n P(n)."""
-    q = NumSteps(torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64))
-    expected = (q.probs * torch.arange(4, dtype=torch.float64)).sum()
-    torch.testing.assert_close(q.mean(), expected)
-    assert float(NumSteps(torch.full((3,), 30.0)).mean()) == pytest.approx(3.0)
-    assert float(NumSteps(torch.full((3,), -30.0)).mean()) == pytest.approx(0.0, abs=1e-6)
-
-
 def test_log_probs_use_stable_logsigmoid():
     """log_probs agree with logsigmoid sums even where sigmoid rounds to 0 or 1."""
     logits = torch.tensor([40.0, -40.0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -42,4 +43,5 @@ def test_attention_figure(tmp_path):
     present = np.arange(3)[None] < np.random.default_rng(1).integers(0, 4, size=(40, 1))
     centres[0, 0] = np.nan  # a diverged replica's centres must not break the plot
     path = attention_figure(centres, present, 50, "test", tmp_path / "s" / "attention.png")
-    assert path.exists() and path.stat().st_size > 1000
+    image = plt.imread(path)  # a real PNG, with something drawn on it
+    assert image.ndim == 3 and image.shape[0] > 100 and float(image[..., :3].std()) > 0.01

@@ -1,4 +1,4 @@
-"""A launch that cannot work fails in seconds with one line, before any work starts."""
+"""A launch that cannot work fails with one line, before any work starts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,12 @@ def study_file(tmp_path: Path, **extra: object) -> Path:
 
 
 def launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+           timeout: float = 120) -> subprocess.CompletedProcess:
+    """The launch, bounded by `timeout` (a hang fails the test); whether it stopped before
+    any work is read off what it left, never off the clock."""
     command = [sys.executable, str(ROOT / "cli.py"), "study", "launch", *args, "--quiet"]
-    started = time.time()
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    return done, time.time() - started
 
 
 def free_port() -> int:
@@ -48,9 +47,9 @@ def free_port() -> int:
 
 def test_dead_tracking_server_fails_before_ray_starts(tmp_path: Path) -> None:
     spec = study_file(tmp_path)
-    done, seconds = launch(tmp_path, str(spec), "--tracking-uri",
+    done = launch(tmp_path, str(spec), "--tracking-uri",
                            f"http://127.0.0.1:{free_port()}")
-    assert done.returncode == 1 and seconds < 30
+    assert done.returncode == 1
     assert "no tracking server answers" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "runs" / "pre" / "ray").exists()
@@ -59,9 +58,9 @@ def test_dead_tracking_server_fails_before_ray_starts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
 def test_nothing_at_the_address_fails_before_ray_starts(tmp_path: Path, address: str) -> None:
     spec = study_file(tmp_path)
-    done, seconds = launch(tmp_path, str(spec), "--address", address.format(port=free_port()),
+    done = launch(tmp_path, str(spec), "--address", address.format(port=free_port()),
                            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert done.returncode == 1 and seconds < 30
+    assert done.returncode == 1
     assert "no Ray cluster answers there" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -72,9 +71,9 @@ def test_garbled_optuna_state_names_the_file_and_the_way_out(tmp_path: Path) -> 
     ray_dir = tmp_path / "runs" / "pre" / "ray"
     ray_dir.mkdir(parents=True)
     (ray_dir / "tuner.pkl").write_bytes(b"\x80\x05garbled")
-    done, seconds = launch(tmp_path, str(spec), "--tracking-uri",
+    done = launch(tmp_path, str(spec), "--tracking-uri",
                            f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert done.returncode == 1 and seconds < 60
+    assert done.returncode == 1
     assert f"{ray_dir / 'tuner.pkl'} is unreadable" in done.stderr
     assert "--restart" in done.stderr and "Traceback" not in done.stderr
 
@@ -90,9 +89,9 @@ def test_resources_no_node_has() -> None:
 @pytest.mark.slow
 def test_a_gpu_request_on_a_machine_without_one_fails_instead_of_waiting(tmp_path: Path) -> None:
     spec = study_file(tmp_path, resources={"cpus": 1, "gpus": 1})
-    done, seconds = launch(tmp_path, str(spec), "--num-gpus", "0", "--tracking-uri",
+    done = launch(tmp_path, str(spec), "--num-gpus", "0", "--tracking-uri",
                            f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert done.returncode == 1 and seconds < 90
+    assert done.returncode == 1
     assert "resources: each trial asks for 1 gpu (the cluster has 0)" in done.stderr
     assert not list((tmp_path / "runs" / "pre").glob("trials/*"))
 
@@ -108,7 +107,7 @@ def test_a_token_cluster_joined_without_token_mode_says_how_to_fix_it(tmp_path: 
                    check=True, capture_output=True, timeout=120, env=env)
     try:
         spec = study_file(tmp_path)
-        done, _ = launch(tmp_path, str(spec), "--address", f"127.0.0.1:{port}",
+        done = launch(tmp_path, str(spec), "--address", f"127.0.0.1:{port}",
                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                          env={"RAY_AUTH_MODE": "disabled"}, timeout=180)
         assert done.returncode == 1

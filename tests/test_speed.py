@@ -94,8 +94,6 @@ def test_side_by_side_timing_runs_single_threaded_processes_together(tmp_path, m
     assert [t.threads for t in timings] == [1, 1]
     for timing in timings:
         assert timing.seconds["step"] > 0 and timing.matmul_rate > 0
-        assert timing.ratio() == pytest.approx(
-            timing.seconds["step"] * timing.matmul_rate / timing.flops["step"])
 
 
 def test_a_failing_timing_process_raises_instead_of_hanging(tmp_path, monkeypatch):

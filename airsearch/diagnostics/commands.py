@@ -45,7 +45,7 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
     0), reinforce as configured (NVIL + neural baseline), vimco (particles >= 2) and relaxed
     (at the configured temperature for the step). Columns: mean variance of the parameters
     fed by back-propagation and of the presence head, fed only by the score function and the
-    analytic KL of n (see airsearch/diagnostics/gradients.py). Writes OUT/gradient_variance.json
+    analytic KL of n (airsearch/training/gradient_variance.py). Writes OUT/gradient_variance.json
     and OUT/gradient_variance.png.
     """
     import torch

@@ -50,11 +50,6 @@ class NumSteps:
     def kl(self, other: NumSteps) -> torch.Tensor:
         return (self.probs * (self.log_probs - other.log_probs)).sum(-1)
 
-    def mean(self) -> torch.Tensor:
-        n = torch.arange(self.max_steps + 1, dtype=self.log_probs.dtype,
-                         device=self.log_probs.device)
-        return (self.probs * n).sum(-1)
-
 
 def gaussian_log_lik(x: torch.Tensor, canvas: torch.Tensor, sd: float) -> torch.Tensor:
     """(R, B) Gaussian log-density of images x (R, B, H, W) around the canvas."""

@@ -48,8 +48,6 @@ from airsearch.survival import SeedTime, TimeToCount, kaplan_meier, logrank_p, s
 from airsearch.training.figures import confusion_figure  # noqa: E402
 from airsearch.training.outcomes import ACCURACY  # noqa: E402
 
-FORMATS = ("table", "csv", "json", "markdown")
-
 
 class StudyNotFound(LookupError):
     """No MLflow experiment holds a study of that name."""
