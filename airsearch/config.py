@@ -209,7 +209,7 @@ class TrainConfig:
                                 "train.lr_final", low=0.0, high=1.0)
     lr_final: float = _knob(0.1, "learning-rate multiplier once the decay is over", low=0.0,
                             high=1.0)
-    steps: int = _knob(10000, "training steps", low=1)
+    steps: int = _knob(10000, "training steps", low=1, high=100_000_000)
     eval_every: int = _knob(500, "steps between held-out evaluations", low=1)
 
 

@@ -91,8 +91,21 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 MAX_NAME = 200  # names an MLflow experiment (at most 500 characters) and a folder
 
 
+MAX_FILE_BYTES = 1_000_000  # a study file is a page of YAML; anything larger is not one
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML that rejects a key given twice in one mapping (plain YAML keeps the last)."""
+    """Safe YAML that rejects a key given twice in one mapping (plain YAML keeps the last) and
+    aliases (`*name`), which a study file never needs and which can expand a few lines into
+    gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not allowed in a study file: write the "
+                "value out", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -219,12 +232,27 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file; raises SpecError naming the file and the field."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size:,} bytes is not a study file "
+                            f"(at most {MAX_FILE_BYTES:,}: a page of YAML)")
+        text = path.read_bytes().decode("utf-8")
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise SpecError(f"{path}: no such study file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8): a study file "
+                        "is YAML") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        raise SpecError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     return parse_spec(raw, path=str(path), question=_header(path))
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """What YAML found wrong and where, on one bounded line."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem[:200]}{where}"
 
 
 def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
@@ -248,6 +276,12 @@ def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
     threshold = v.knob("eval.threshold", convergence.get("threshold", 0.95),
                        "convergence.threshold")
     hold = v.knob("eval.hold", convergence.get("hold", 1), "convergence.hold")
+    evaluations = -(-steps // eval_every)  # every eval_every steps, and at the last step
+    if hold > evaluations:
+        v.fail("convergence.hold", f"{hold} evaluations must reach the threshold, but "
+               f"training evaluates {evaluations} times ({steps} steps, every {eval_every}): "
+               "no seed could converge; allowed: at most "
+               f"{evaluations}")
     objective = v.mapping(doc.get("objective", {}), "objective", ("tie_break",))
     tie_break = objective.get("tie_break", TIE_BREAKS[0])
     if tie_break not in TIE_BREAKS:
