@@ -143,7 +143,8 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
             deleted = runner.restart(spec, uri)
             click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
         else:
-            recovered = runner.set_aside_unreadable_state(spec)
+            recovered = (runner.set_aside_unreadable_state(spec)
+                         or runner.set_aside_ended_state(spec, uri))
             if recovered:
                 click.echo(recovered)
             elif runner.has_results(spec):

@@ -30,7 +30,12 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from airsearch.study.preflight import PreflightError, join_error, unreadable_ray_state
-from airsearch.study.space import OBJECTIVE, grid_param_space, optuna_searcher
+from airsearch.study.space import (
+    OBJECTIVE,
+    grid_param_space,
+    optuna_searcher,
+    overrides_from_params,
+)
 from airsearch.study.spec import StudySpec, config_id
 from airsearch.study.tracking import MlflowCallback, StudyTracker
 from airsearch.study.trial import run_trial
@@ -107,6 +112,28 @@ def set_aside_unreadable_state(spec: StudySpec) -> str | None:
     folder.rename(aside)
     return (f"{problem}; set aside as {aside}: the configurations this study has not "
             "recorded as complete train again, from their own checkpoints where they have one")
+
+
+def set_aside_ended_state(spec: StudySpec, tracking_uri: str) -> str | None:
+    """Grid mode: when Ray's state holds as ended a trial whose configuration the study has
+    not recorded as complete (it failed: a full disk, a bug), restoring would never train it
+    again; set the state aside so that every configuration not complete trains afresh (from
+    its own checkpoint where it has one). Returns what was done, or None."""
+    if spec.mode != "grid" or not has_results(spec):
+        return None
+    complete = StudyTracker(tracking_uri, spec).complete_ids()
+    left = {config_id(c) for c in spec.configurations()} - complete
+    ended = {config_id(overrides_from_params(trial.config))
+             for trial in tune.ExperimentAnalysis(str(ray_path(spec))).trials
+             if trial.status == "TERMINATED"}
+    failed = sorted(left & ended)
+    if not failed:
+        return None
+    folder = ray_path(spec)
+    aside = folder.with_name(f"{RAY_DIR}.ended-{datetime.now():%Y%m%d-%H%M%S}")
+    folder.rename(aside)
+    return (f"{len(failed)} configuration(s) ended without a result ({', '.join(failed)}); "
+            f"Ray's state set aside as {aside}: they train again")
 
 
 def restart(spec: StudySpec, tracking_uri: str) -> int:

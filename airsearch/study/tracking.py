@@ -280,7 +280,9 @@ class StudyTracker:
                        for step in evaluated]
         for start in range(0, len(points), BATCH):
             self.client.log_batch(run_id, metrics=points[start:start + BATCH])
-        tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "1"),
+        # A configuration that failed (errors, not diverged seeds) is no result: it stays
+        # incomplete, and the next launch trains it.
+        tags = [RunTag(TRIAL_ID, trial_id), RunTag(COMPLETE, "0" if result["error"] else "1"),
                 *(RunTag(f"airsearch.{key}", str(result[key])) for key in PLACEMENT
                   if result.get(key) not in (None, ""))]
         if result["error"]:

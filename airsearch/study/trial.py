@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import math
+import shutil
 import socket
 import tempfile
 import time
@@ -96,12 +98,39 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
                          for png in sorted((out / rec.figure_path).parent.glob("*.png"))}
             (out / CHECKPOINT).unlink(missing_ok=True)  # reported; the weights are not kept
         error = ""
-    except Exception as exc:  # noqa: BLE001 -- a failed configuration is a result, not a crash
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+    except Exception as exc:  # noqa: BLE001 -- a failure is reported, never raised
+        error = (f"{failure_cause(exc, Path(spec.storage), spec, overrides)}\n"
+                 f"{traceback.format_exc(limit=8)}")
         seeds = [SeedRecord.error(s) for s in spec.seeds]
         artifacts = {}
     tune.report(final_metrics(spec, overrides, seeds, error, artifacts,
                               {**placement, "ended_at": time.time()}))
+
+
+def failure_cause(exc: BaseException, folder: Path, spec: StudySpec,
+                  overrides: dict[str, Any]) -> str:
+    """One line on why a configuration failed; a full disk is named as such (torch's zip
+    writer reports it as "unexpected pos"), with where and how much a checkpoint needs."""
+    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    chain: BaseException | None = exc
+    full = False
+    while chain is not None and not full:
+        full = (isinstance(chain, OSError) and chain.errno == errno.ENOSPC) or any(
+            sign in str(chain) for sign in ("No space left on device", "unexpected pos"))
+        chain = chain.__cause__ or chain.__context__
+    if not full:
+        return text
+    from airsearch.model.air import AIR
+
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    model = AIR(spec.config_for(overrides), [0])
+    # weights and Adam's two moments per seed, 4 bytes each
+    needed = 12 * sum(p.numel() for p in model.parameters()) * len(spec.seeds)
+    return (f"disk full in {folder} ({free}; a checkpoint of this configuration takes about "
+            f"{needed / 1e6:.1f} MB): free space there and launch again ({text})")
 
 
 @contextlib.contextmanager
