@@ -258,6 +258,14 @@ class AIRConfig:
             self.data.canvas_size / REFERENCE_CANVAS_SIZE)
         return p.where_scale_loc * factor, p.where_scale_sd * factor
 
+    def check_effective(self, keys: Any) -> None:
+        """Refuse a key the user set that does nothing under this config (a decay's final
+        value under a constant schedule, ...), naming the setting that would enable it."""
+        for key in keys:
+            for prefix, (enabled, needs) in _ENABLED_BY.items():
+                if key.startswith(prefix) and key not in _ALWAYS and not enabled(self):
+                    raise ConfigError(f"{key} has no effect here: it needs {needs}")
+
     def to_flat(self) -> dict[str, Any]:
         """All knobs as {dotted key: value}."""
         return {key: _get(self, key) for key in knob_specs()}
@@ -312,6 +320,26 @@ class AIRConfig:
         if self.train.lr_decay_start >= self.train.lr_decay_end:
             raise ConfigError(f"train.lr_decay_start ({self.train.lr_decay_start}) must be < "
                               f"train.lr_decay_end ({self.train.lr_decay_end})")
+
+
+# Keys (by prefix) that act only under another setting, and that setting in words.
+_ENABLED_BY: dict[str, tuple[Any, str]] = {
+    "prior.z_pres.final": (lambda c: c.prior.z_pres.schedule != "constant",
+                           "prior.z_pres.schedule linear, exponential or logit"),
+    "prior.z_pres.decay_": (lambda c: c.prior.z_pres.schedule != "constant",
+                            "prior.z_pres.schedule linear, exponential or logit"),
+    "estimator.temperature_": (lambda c: c.estimator.kind == "relaxed",
+                               "estimator.kind=relaxed"),
+    "model.likelihood_sd_": (lambda c: c.model.likelihood_sd_final != 0,
+                             "model.likelihood_sd_final > 0"),
+    "model.blur_until": (lambda c: c.model.blur_px > 0, "model.blur_px > 0"),
+    "train.lr_": (lambda c: c.train.lr_schedule != "constant",
+                  "train.lr_schedule linear or cosine"),
+    "init.": (lambda c: c.init.scheme == "air", "init.scheme=air (pytorch ignores the "
+              "output-layer settings)"),
+    "eval.decide_": (lambda c: c.eval.verdicts, "eval.verdicts=true"),
+}
+_ALWAYS = ("model.likelihood_sd_final", "train.lr_schedule", "init.scheme")
 
 
 @dataclass(frozen=True)

@@ -251,3 +251,22 @@ def test_load_datasets_caches(isolated_cache, offline, caplog):
             assert getattr(fresh, name).tobytes() == getattr(hit, name).tobytes()
     assert not np.array_equal(train.images[:200], heldout.images)
     assert f"loaded multi-MNIST {info.cache_key} from cache" in caplog.text
+
+
+def test_fetch_without_network_says_so_in_one_line(tmp_path):
+    """Nothing answers at the mirror: one line naming it and what runs do instead."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = CliRunner().invoke(main, ["data", "fetch", "--dir", str(tmp_path), "--mirror",
+                                       f"http://127.0.0.1:{port}/"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot download MNIST" in lines[0]
+    assert "offline digit set" in lines[0] and "Traceback" not in result.output

@@ -565,11 +565,26 @@ class _Validator:
             candidates = list(spec.points_to_evaluate) + [
                 {dim.key: bound} for dim in spec.space
                 for bound in (dim.values or (dim.low, dim.high))]
+        inert_everywhere = set(spec.fixed)
         for overrides in candidates:
             try:
-                spec.config_for(overrides)
+                config = spec.config_for(overrides)
+                if spec.mode == "grid":  # Optuna's `when` sets a key only where it acts
+                    config.check_effective(overrides)
             except ConfigError as exc:
                 self.fail("search.space", f"configuration {overrides} is invalid: {exc}")
+            for key in list(inert_everywhere):
+                try:
+                    config.check_effective([key])
+                    inert_everywhere.discard(key)
+                except ConfigError:
+                    pass
+        if inert_everywhere:  # a fixed key may act in some configurations only
+            key = sorted(inert_everywhere)[0]
+            try:
+                spec.config_for({}).check_effective([key])
+            except ConfigError as exc:
+                self.fail(f"config.{key}", f"in every configuration: {exc}")
 
 
 def _listed_space(listed: tuple[dict[str, Any], ...]) -> tuple[Dimension, ...]:

@@ -105,6 +105,8 @@ def train(assignments: tuple[str, ...], steps: int | None, seed: int | None,
         if steps is not None:
             base = {**base, "train.steps": steps}
         config = AIRConfig.from_flat(base)
+        if resume_dir is None:
+            config.check_effective(base)
     except (ConfigError, CheckpointError) as err:
         raise click.UsageError(str(err)) from None
     if overwrite:
