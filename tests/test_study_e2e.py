@@ -97,10 +97,13 @@ def check_structure(uri: str, spec: StudySpec, configurations: int) -> None:
                 {k: parent.data.params[k] for k in spec.varied}
             assert kid.info.status in ("FINISHED", "FAILED")
         assert parent.info.status in ("FINISHED", "FAILED")
-    child = children[0]
     client = MlflowClient(uri)
-    assert len(client.get_metric_history(child.info.run_id, "eval/count_accuracy")) == \
-        spec.steps // spec.eval_every
+    for child in children:  # every evaluation once, up to the end or to the seed's verdict
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id,
+                                                                 "eval/count_accuracy"))
+        assert steps == list(range(spec.eval_every, steps[-1] + 1, spec.eval_every))
+        if child.data.tags["airsearch.outcome"] not in ("diverged", "converged"):
+            assert steps[-1] == spec.steps  # undecided: trained to the end
 
 
 def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: None,
