@@ -173,6 +173,10 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
                f"in {outcome.wall_s:.0f} s")
     report = load_report(uri, spec.name)
     click.echo(render(report, "table"))
+    tracking = "" if uri == _tracking(None) else f" --tracking-uri {uri}"
+    click.echo(f"\nnext: python cli.py study report {spec.name}{tracking}   (figures, "
+               "time to count, tests)")
+    click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
     # A study with configurations left to train is not an answer: say so in the exit code.
     if spec.mode == "grid":
         done = {row.config_id for row in report.rows}
