@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -37,16 +36,8 @@ TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 
         "train.steps": 20, "train.eval_every": 5}
 SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
 
-pytestmark = pytest.mark.filterwarnings("ignore:full MNIST not found")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        mp.setenv("AIRSEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("AIRSEARCH_MNIST_DIR", raising=False)
-        yield
+pytestmark = [pytest.mark.filterwarnings("ignore:full MNIST not found"),
+              pytest.mark.usefixtures("private_cache")]
 
 
 class Killed(Exception):

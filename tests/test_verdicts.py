@@ -24,16 +24,8 @@ TINY = {"data.train_images": 256, "data.heldout_images": 64, "model.lstm_size": 
 # lr 0.5 and a huge initial z_where sd make some seeds (not all) diverge within five steps.
 DIVERGING = {**TINY, "train.lr": 0.5, "init.where_sd": 5.0}
 
-pytestmark = pytest.mark.filterwarnings("ignore:full MNIST not found")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        mp.setenv("AIRSEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("AIRSEARCH_MNIST_DIR", raising=False)
-        yield
+pytestmark = [pytest.mark.filterwarnings("ignore:full MNIST not found"),
+              pytest.mark.usefixtures("private_cache")]
 
 
 def row(accuracy, zero=0.0, top=0.0):
