@@ -28,8 +28,9 @@ from airsearch.training.outcomes import ACCURACY
 @click.option("--eval-every", default=250, show_default=True)
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE")
 def main(seeds: str, max_steps: int, eval_every: int, assignments: tuple[str, ...]) -> None:
+    # Every seed trains --max-steps, so its final accuracy is the one at the run's end.
     overrides = {"train.steps": max_steps, "train.eval_every": eval_every,
-                 **parse_assignments(assignments)}
+                 "eval.verdicts": False, **parse_assignments(assignments)}
     config = AIRConfig.from_flat(overrides)
     seconds = []
     print(f"{torch.get_num_threads()} torch threads; threshold {config.eval.threshold}")
