@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from airsearch.data.commands import data
-from airsearch.diagnostics.commands import diagnose
-from airsearch.study.commands import study
-from airsearch.training.commands import train
+from airsearch.commands.data import data
+from airsearch.commands.diagnose import diagnose
+from airsearch.commands.study import study
+from airsearch.commands.train import train
 
 
 @click.group()

@@ -29,7 +29,7 @@ from airsearch.config import AIRConfig, EstimatorConfig, TrainConfig, ZPresPrior
 class Schedule:
     """The step-dependent numbers the loss of one training step uses."""
 
-    prior_logit: float  # log-odds of the count prior's success probability
+    z_pres_prior_logit: float  # log-odds of the z_pres prior's success probability
     temperature: float  # relaxed estimator's Concrete temperature
     likelihood_sd: float  # sd of the Gaussian pixel likelihood
     reinforce_weight: float = 1.0  # weight of the score-function term
@@ -39,7 +39,7 @@ class Schedule:
 def schedule_at(config: AIRConfig, step: int) -> Schedule:
     """The loss's schedules of `config` at training step `step` (0-based)."""
     steps = config.train.steps
-    return Schedule(prior_logit=z_pres_prior_logit(config.prior.z_pres, steps, step),
+    return Schedule(z_pres_prior_logit=z_pres_prior_logit(config.prior.z_pres, steps, step),
                     temperature=temperature(config.estimator, steps, step),
                     reinforce_weight=warmup_weight(config.estimator, steps, step),
                     blur_weight=blur_weight(config, step),

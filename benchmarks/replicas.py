@@ -5,7 +5,7 @@ ratios are comparable even when absolute speed varies. Targets: >= 3x at R = 8 o
 CPU, >= 20x at R = 32 on a GPU.
 
 It also prints the ceiling the device sets: a seed-step cannot take less than its FLOPs at the
-device's square-matmul speed (airsearch.training.speed), so no R can beat R = 1 by more
+device's square-matmul speed (benchmarks/speed.py), so no R can beat R = 1 by more
 than R = 1's step time over that floor.
 
     python benchmarks/replicas.py [--device cuda] [--replicas 1,2,4,8,16,32] [--repeats N]

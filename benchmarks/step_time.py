@@ -10,7 +10,7 @@ Two ways a CPU trains, both measured:
   (forward, backward, update = guard and optimiser), each timed and counted on its own;
 - one single-threaded step per core, side by side (how studies run trials of one CPU each):
   each process times its step against a single-threaded matmul under the same load.
-Steps and matmuls are timed alternately (airsearch.training.speed), and so is a replay of the
+Steps and matmuls are timed alternately (benchmarks/speed.py), and so is a replay of the
 step's own matmuls alone (row "matmuls"): what the step's shapes cost against the square
 matmul, and, subtracted from the step, what all its other work costs.
 

@@ -18,8 +18,8 @@ import click
 import torch
 
 from airsearch.config import AIRConfig, parse_assignments
+from airsearch.evaluation.outcomes import ACCURACY
 from airsearch.training.loop import train_seeds
-from airsearch.training.outcomes import ACCURACY
 
 
 @click.command()

@@ -15,7 +15,7 @@ import time
 import click
 import torch
 
-from airsearch.study.spec import load_spec
+from airsearch.study.spec_file import load_spec
 from airsearch.training.loop import train_seeds
 
 

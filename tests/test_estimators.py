@@ -12,11 +12,11 @@ import torch
 
 from airsearch import schedules
 from airsearch.config import AIRConfig, ConfigError
+from airsearch.evaluation.gradient_variance import classify, gradient_variance
 from airsearch.model import estimators
 from airsearch.model.air import AIR
 from airsearch.model.distributions import NumSteps
 from airsearch.schedules import Schedule
-from airsearch.training.gradient_variance import classify, gradient_variance
 from airsearch.training.step import ReplicaStep
 
 SAMPLES, CHUNKS = 200_000, 50
@@ -256,7 +256,7 @@ def test_gradient_variance_orders_baselines():
                 model.baseline.out.weight.zero_()
                 model.baseline.out.bias.zero_()
         buffers = {k: v.clone() for k, v in model.named_buffers()}
-        schedule = Schedule(prior_logit=-4.6, temperature=0.1, likelihood_sd=0.3)
+        schedule = Schedule(z_pres_prior_logit=-4.6, temperature=0.1, likelihood_sd=0.3)
         results[label] = gradient_variance(model, x, schedule, [0, 1], 6)
         assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
         assert all(p.grad is None for p in model.parameters())

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from airsearch.training.figures import attention_figure
-from airsearch.training.localisation import box_iou, match
+from airsearch.evaluation.figures import attention_figure
+from airsearch.evaluation.localisation import box_iou, match
 
 NAN = float("nan")
 

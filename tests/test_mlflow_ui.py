@@ -17,8 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from airsearch.study import runner
-from airsearch.study.spec import load_spec
-from airsearch.study.tracking import run_name, runs_view_url
+from airsearch.study.mlflow_layout import run_name, runs_view_url
+from airsearch.study.spec_file import load_spec
 
 pytestmark = pytest.mark.slow
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")

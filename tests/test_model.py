@@ -9,9 +9,10 @@ import torch
 from torch.nn import functional as F
 
 from airsearch.config import AIRConfig
-from airsearch.model.air import AIR, Noise
+from airsearch.model.air import AIR
 from airsearch.model.distributions import NumSteps
 from airsearch.model.replicated import ReplicatedLinear
+from airsearch.model.terms import Noise
 from airsearch.schedules import Schedule, learning_rate_factor
 from airsearch.training.optim import build_optimizer, set_learning_rates
 
@@ -21,7 +22,7 @@ TINY = {"model.lstm_size": 32, "model.mlp_width": 32, "model.mlp_depth": 1,
 R, B = 2, 5
 PRIOR_LOGIT = math.log(0.01 / 0.99)
 # past every warm-up, at the default likelihood sd
-SCHEDULE = Schedule(prior_logit=PRIOR_LOGIT, temperature=0.1, likelihood_sd=0.3)
+SCHEDULE = Schedule(z_pres_prior_logit=PRIOR_LOGIT, temperature=0.1, likelihood_sd=0.3)
 
 
 def _config(**overrides):

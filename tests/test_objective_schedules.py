@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from airsearch.config import AIRConfig
-from airsearch.model.air import AIR, Noise
+from airsearch.model.air import AIR
 from airsearch.model.distributions import blur_matrix, gaussian_log_lik
 from airsearch.model.spatial import write_glimpse
+from airsearch.model.terms import Noise
 from airsearch.schedules import Schedule, blur_weight, schedule_at
 
 TINY = {"model.lstm_size": 32, "model.mlp_width": 32, "model.mlp_depth": 1,
@@ -70,7 +71,7 @@ def _terms(blur_px: float, weight: float):
     x = (torch.rand(4, 32, 32, generator=gen) ** 4).expand(2, 4, 32, 32).contiguous()
     noise = Noise.draw([torch.Generator().manual_seed(r) for r in range(2)], 4, model.steps,
                        model.z_what_size, torch.device("cpu"))
-    schedule = Schedule(prior_logit=-4.6, temperature=0.1, likelihood_sd=0.3,
+    schedule = Schedule(z_pres_prior_logit=-4.6, temperature=0.1, likelihood_sd=0.3,
                         blur_weight=weight)
     return model.loss_terms(x, model.infer(x, noise), schedule)
 
@@ -105,7 +106,7 @@ def test_a_larger_sd_makes_the_objective_weigh_the_same_misfit_less():
     noise = Noise.draw([torch.Generator().manual_seed(0)], 2, model.steps, model.z_what_size,
                        torch.device("cpu"))
     inference = model.infer(x, noise)
-    elbo = {sd: model.loss_terms(x, inference, Schedule(prior_logit=-4.6, temperature=0.1,
+    elbo = {sd: model.loss_terms(x, inference, Schedule(z_pres_prior_logit=-4.6, temperature=0.1,
                                                         likelihood_sd=sd)).elbo
             for sd in (0.15, 0.3)}
     assert torch.all(elbo[0.15] < elbo[0.3])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from airsearch.evaluation.outcomes import COLLAPSE_SHARE, OUTCOMES, converged, label
 from airsearch.stats import Rate, can_tell, compare, fisher_p, newcombe, wilson
-from airsearch.training.outcomes import COLLAPSE_SHARE, OUTCOMES, converged, label
 
 BASE = dict(diverged=False, accuracies=[0.5, 0.6], threshold=0.95, hold=1, share_zero=0.1,
             share_max=0.1, mean_count=1.0, mean_true=1.0)

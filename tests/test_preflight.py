@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -102,10 +104,14 @@ def test_a_token_cluster_joined_without_token_mode_says_how_to_fix_it(tmp_path: 
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1",
-                    "--include-dashboard=false", f"--temp-dir={temp}"],
-                   check=True, capture_output=True, timeout=120, env=env)
+    # --block keeps the head's processes in this test's own process group, so the test ends
+    # exactly what it started (not `ray stop`, which would stop every runtime on the machine).
+    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
+        wait_for_raylet(temp, head)
         spec = study_file(tmp_path)
         done = launch(tmp_path, str(spec), "--address", f"127.0.0.1:{port}",
                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -114,6 +120,18 @@ def test_a_token_cluster_joined_without_token_mode_says_how_to_fix_it(tmp_path: 
         last = done.stderr.strip().splitlines()[-1]
         assert "uses token authentication: set RAY_AUTH_MODE=token" in last
     finally:
-        # Stop this head only (not `ray stop`, which would stop every runtime on the machine).
-        subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_raylet(temp: Path, head: subprocess.Popen) -> None:
+    """Until the head's raylet socket exists (the node accepts drivers), or the head died."""
+    deadline = time.time() + 120
+    while not list(temp.glob("session_*/sockets/raylet")):
+        assert head.poll() is None, "ray start --head exited"
+        assert time.time() < deadline, "the Ray head did not come up in 120 s"
+        time.sleep(0.5)

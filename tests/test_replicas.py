@@ -10,7 +10,8 @@ import torch
 
 from airsearch.config import AIRConfig
 from airsearch.data import load_datasets
-from airsearch.model.air import AIR, Noise
+from airsearch.model.air import AIR
+from airsearch.model.terms import Noise
 from airsearch.schedules import schedule_at
 from airsearch.training.loop import train_seeds
 from airsearch.training.optim import ReplicaGuard, build_optimizer, replica_grad_norms

@@ -20,13 +20,18 @@ import ray
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from scipy.stats import fisher_exact
 
+from airsearch.report.publish import write_report
+from airsearch.report.results import load_report
+from airsearch.report.tables import render
 from airsearch.stats import wilson
 from airsearch.study import runner
-from airsearch.study.report import load_report, render, write_report
-from airsearch.study.spec import StudySpec, config_id, load_spec
-from airsearch.study.tracking import CONFIG_ID, KIND, MLFLOW_PARENT_RUN_ID, SEED, StudyTracker
+from airsearch.study.mlflow_layout import CONFIG_ID, KIND, SEED
+from airsearch.study.spec import StudySpec, config_id
+from airsearch.study.spec_file import load_spec
+from airsearch.study.tracking import StudyTracker
 from airsearch.training.loop import train_seeds
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from airsearch.study.space import DefineByRun
-from airsearch.study.spec import SpecError, config_id, load_spec
+from airsearch.study.spec import SpecError, config_id
+from airsearch.study.spec_file import load_spec
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -151,7 +152,7 @@ def test_optuna_space_suggests_conditional_keys_only_when_active(tmp_path: Path)
         spec.config_for(params)
 
 
-@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("**/*.yaml")), ids=lambda p: p.name)
 def test_shipped_studies_are_valid_and_say_what_they_ask(path: Path) -> None:
     spec = load_spec(path)
     assert spec.name == path.stem

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from airsearch.config import AIRConfig
+from airsearch.evaluation import outcomes
 from airsearch.schedules import learning_rate_factor
 from airsearch.stats import wilson
-from airsearch.training import outcomes
 from cli import main
 
 TINY = {"data.train_images": 512, "data.heldout_images": 64, "model.lstm_size": 32,

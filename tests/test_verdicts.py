@@ -12,7 +12,7 @@ import torch
 
 from airsearch.config import AIRConfig, ConfigError
 from airsearch.data import load_datasets
-from airsearch.training import outcomes
+from airsearch.evaluation import outcomes
 from airsearch.training.checkpoint import load_checkpoint, read_checkpoint_file
 from airsearch.training.loop import train_seeds
 from airsearch.training.step import ReplicaStep

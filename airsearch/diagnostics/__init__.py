@@ -1,0 +1,1 @@
+"""Measurements of AIR outside training: the estimators side by side, the first step's value."""

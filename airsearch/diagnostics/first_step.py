@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from airsearch.model.air import AIR, Noise
-from airsearch.model.distributions import NumSteps, gaussian_log_lik, normal_kl
+from airsearch.model.air import AIR
 from airsearch.model.spatial import box_pixels
-from airsearch.schedules import z_pres_prior_logit
+from airsearch.model.terms import Noise
+from airsearch.schedules import schedule_at
 
 
 @dataclass(frozen=True)
@@ -45,20 +45,15 @@ def first_step_value(model: AIR, x: torch.Tensor, seed: int) -> FirstStepValue:
     B, K = x.shape[1], config.model.max_steps
     draw = Noise.draw([torch.Generator().manual_seed(seed)], B, K, config.model.z_what_size,
                       x.device)
-    results = []
+    schedule = schedule_at(config, 0)
+    terms = []
     for steps_on in (0, 1):  # uniforms of 0 switch a step on, 1 off, whatever the guide says
         pres = torch.ones_like(draw.pres)
         pres[..., :steps_on] = 0.0
         inference = model.infer(x, Noise(draw.where, draw.what, pres))
-        canvas, _ = model.render(inference)
-        results.append((gaussian_log_lik(x, canvas, config.model.likelihood_sd), inference))
-    (off, _), (on, inference) = results
-    kl_where = normal_kl(inference.where_loc[..., 0, :], inference.where_sd[..., 0, :],
-                         model.where_prior_loc, model.where_prior_sd).sum(-1)
-    kl_what = normal_kl(inference.what_loc[..., 0, :], inference.what_sd[..., 0, :],
-                        0.0, 1.0).sum(-1)
-    logit = z_pres_prior_logit(config.prior.z_pres, config.train.steps, 0)
-    prior = NumSteps(torch.full((K,), logit))
+        terms.append(model.elbo_terms(x, inference, schedule))
+    off, on = terms
+    prior = on.z_pres_prior.log_probs[0, 0]  # (K + 1,) the same for every image
     H = x.shape[-1]
     box = box_pixels(inference.where_loc[0, :, 0], H)  # (B, 4)
     centres = torch.arange(H, dtype=x.dtype) + 0.5
@@ -67,7 +62,8 @@ def first_step_value(model: AIR, x: torch.Tensor, seed: int) -> FirstStepValue:
     window = (inside_y[:, :, None] & inside_x[:, None, :]).to(x.dtype)
     ink = x[0].sum(dim=(-1, -2))
     covered = (x[0] * window).sum(dim=(-1, -2))[ink > 0] / ink[ink > 0]
-    return FirstStepValue(log_lik_gain=(on - off).mean().item(), kl_where=kl_where.mean().item(),
-                          kl_what=kl_what.mean().item(),
-                          prior_log_ratio=(prior.log_probs[1] - prior.log_probs[0]).item(),
+    return FirstStepValue(log_lik_gain=(on.log_lik - off.log_lik).mean().item(),
+                          kl_where=on.kl_where[..., 0].mean().item(),
+                          kl_what=on.kl_what[..., 0].mean().item(),
+                          prior_log_ratio=(prior[1] - prior[0]).item(),
                           ink_in_window=covered.mean().item() if len(covered) else float("nan"))

@@ -17,8 +17,6 @@ Shapes: R replicas, B images, K steps, H x W canvas, G x G glimpse, D = z_what s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,98 +31,8 @@ from airsearch.model.replicated import (
     softplus_inverse,
 )
 from airsearch.model.spatial import box_filter, densest_window, read_glimpse, write_glimpse
+from airsearch.model.terms import ElboTerms, Inference, LossTerms, Noise
 from airsearch.schedules import Schedule
-
-
-@dataclass
-class Noise:
-    """All randomness of one step, drawn per replica from that replica's own generator."""
-
-    where: torch.Tensor  # (R, B, K, 3) standard normal
-    what: torch.Tensor   # (R, B, K, D) standard normal
-    pres: torch.Tensor   # (R, B, K) uniform, drives the z_pres chain
-
-    @staticmethod
-    def draw(generators: list[torch.Generator], batch: int, steps: int, z_what: int,
-             device: torch.device) -> Noise:
-        normals, uniforms = [], []
-        for gen in generators:
-            normals.append(torch.randn(batch, steps, 3 + z_what, generator=gen, device=device))
-            uniforms.append(torch.rand(batch, steps, generator=gen, device=device))
-        normal = torch.stack(normals)  # (R, B, K, 3 + D)
-        return Noise(normal[..., :3], normal[..., 3:], torch.stack(uniforms))
-
-    @staticmethod
-    def zeros(replicas: int, batch: int, steps: int, z_what: int, device: torch.device) -> Noise:
-        """Posterior means and a presence threshold of 0.5: the deterministic read-out."""
-        return Noise(torch.zeros(replicas, batch, steps, 3, device=device),
-                     torch.zeros(replicas, batch, steps, z_what, device=device),
-                     torch.full((replicas, batch, steps), 0.5, device=device))
-
-
-@dataclass
-class Inference:
-    """What the guide infers for a batch; every field has leading dims (R, B, K)."""
-
-    pres_logits: torch.Tensor  # (R, B, K)
-    where_loc: torch.Tensor    # (R, B, K, 3)
-    where_sd: torch.Tensor
-    z_where: torch.Tensor
-    what_loc: torch.Tensor     # (R, B, K, D)
-    what_sd: torch.Tensor
-    z_what: torch.Tensor
-    n: torch.Tensor            # (R, B) number of objects sampled from the z_pres chain
-    pres_uniforms: torch.Tensor | None = None  # (R, B, K) the chain's uniforms (relaxed reuses)
-    glimpses: torch.Tensor | None = None  # (R, B, K, G, G) decoded, when drawn while inferring
-    written: torch.Tensor | None = None   # (R, B, K, H, W) each step's drawing, likewise
-
-    @property
-    def num_steps(self) -> NumSteps:
-        return NumSteps(self.pres_logits)
-
-    @property
-    def present(self) -> torch.Tensor:
-        """(R, B, K) mask: step k explains an object iff k < n."""
-        steps = torch.arange(self.pres_logits.shape[-1], device=self.n.device)
-        return (steps < self.n.unsqueeze(-1)).to(self.z_what.dtype)
-
-
-@dataclass
-class LossTerms:
-    """Per-replica scalars (R,) to optimise, and per-image pieces for monitoring."""
-
-    model_loss: torch.Tensor     # (R,) negative ELBO surrogate incl. REINFORCE
-    baseline_loss: torch.Tensor  # (R,) MSE of the baseline to the learning signal
-    elbo: torch.Tensor           # (R, B)
-    n: torch.Tensor              # (R, B)
-
-    @property
-    def total(self) -> torch.Tensor:
-        """(R,) each replica's own loss: model and baseline train disjoint parameters on it."""
-        return self.model_loss + self.baseline_loss
-
-
-@dataclass
-class ElboTerms:
-    """The ELBO's pieces for one batch, which every estimator builds its objective from."""
-
-    log_lik: torch.Tensor     # (R, B) Gaussian log-likelihood of the canvas of n objects
-    blurred_fit: torch.Tensor  # (R, B) the early blurred comparison (AIR.blurred_fit), or 0
-    kl_steps: torch.Tensor    # (R, B, K) what + where KL of each step, present or not
-    present: torch.Tensor     # (R, B, K) 0/1 mask of the first n steps
-    kl_objects: torch.Tensor  # (R, B) KLs of the present steps
-    q_n: NumSteps             # posterior over the number of objects
-    p_n: NumSteps             # the count prior at this step
-    kl_n: torch.Tensor        # (R, B) KL(q_n || p_n), analytic
-
-    @property
-    def elbo(self) -> torch.Tensor:
-        return self.log_lik - self.kl_objects - self.kl_n
-
-    @property
-    def fitted_log_lik(self) -> torch.Tensor:
-        """The likelihood the training objective fits: the ELBO's plus the blurred comparison."""
-        return self.log_lik + self.blurred_fit
 
 
 class AIR(nn.Module):
@@ -278,10 +186,10 @@ class AIR(nn.Module):
         presence = inference.present if presence is None else presence
         return (written * presence[..., None, None]).sum(dim=2), glimpses
 
-    def loss_terms(self, x: torch.Tensor, inference: Inference, schedule: Schedule
-                   ) -> LossTerms:
-        """Negative ELBO with the KL of n taken analytically on NumSteps, plus the gradient
-        estimator of estimator.kind for n (airsearch.model.estimators), at `schedule`'s step."""
+    def elbo_terms(self, x: torch.Tensor, inference: Inference, schedule: Schedule
+                   ) -> ElboTerms:
+        """The ELBO's pieces for x and its inferred latents at `schedule`'s step: the one place
+        they are computed (training, evaluation and diagnostics all read them from here)."""
         canvas, _ = self.render(inference)
         log_lik = gaussian_log_lik(x, canvas, schedule.likelihood_sd)  # (R, B)
         coarse = self.blurred_fit(x, canvas, schedule)  # (R, B)
@@ -289,23 +197,48 @@ class AIR(nn.Module):
         kl_where = normal_kl(inference.where_loc, inference.where_sd, self.where_prior_loc,
                              self.where_prior_sd).sum(-1)
         kl_what = normal_kl(inference.what_loc, inference.what_sd, 0.0, 1.0).sum(-1)
-        kl_steps = kl_where + kl_what
-        q_n = inference.num_steps
-        p_n = NumSteps(torch.full_like(inference.pres_logits, schedule.prior_logit))
-        terms = ElboTerms(log_lik=log_lik, blurred_fit=coarse, kl_steps=kl_steps, present=present,
-                          kl_objects=(kl_steps * present).sum(-1), q_n=q_n, p_n=p_n,
-                          kl_n=q_n.kl(p_n))
+        posterior = inference.num_steps
+        prior = NumSteps(torch.full_like(inference.pres_logits, schedule.z_pres_prior_logit))
+        return ElboTerms(log_lik=log_lik, blurred_fit=coarse, kl_where=kl_where, kl_what=kl_what,
+                         present=present, kl_objects=((kl_where + kl_what) * present).sum(-1),
+                         z_pres_posterior=posterior, z_pres_prior=prior,
+                         kl_z_pres=posterior.kl(prior))
 
+    def loss_terms(self, x: torch.Tensor, inference: Inference, schedule: Schedule
+                   ) -> LossTerms:
+        """Negative ELBO with the KL of n taken analytically on NumSteps, plus the gradient
+        estimator of estimator.kind for n (airsearch.model.estimators), at `schedule`'s step."""
+        terms = self.elbo_terms(x, inference, schedule)
         # Everything in the ELBO that depends on the sampled n, except the analytic KL of n.
         # The baseline learns it under every kind, so its parameter group always has a gradient.
         signal = (terms.fitted_log_lik - terms.kl_objects).detach()
         baseline = self.baseline(self._baseline_input(x, inference)).squeeze(-1)  # (R, B)
         signal, advantage = self._advantage(signal, baseline.detach())
-        surrogate = estimators.surrogate_objective(self, x, inference, terms, advantage,
-                                                   schedule)
+        surrogate = self._surrogate(x, inference, terms, advantage, schedule)
         return LossTerms(model_loss=-surrogate.mean(-1),
                          baseline_loss=(signal - baseline).pow(2).mean(-1),
                          elbo=terms.elbo.detach(), n=inference.n)
+
+    def _surrogate(self, x: torch.Tensor, inference: Inference, terms: ElboTerms,
+                   advantage: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+        """(R, B) objective whose gradient is estimator.kind's estimate of the ELBO's gradient.
+
+        The model computes what each estimator needs (the relaxed canvas, the NVIL scale, the
+        priors); the estimators only combine tensors.
+        """
+        e = self.config.estimator
+        if e.kind == "relaxed":
+            presence = estimators.relaxed_presence(inference.pres_logits, inference.pres_uniforms,
+                                                   schedule.temperature)
+            canvas, _ = self.render(inference, presence)
+            fit = (gaussian_log_lik(x, canvas, schedule.likelihood_sd)
+                   + self.blurred_fit(x, canvas, schedule))
+            return estimators.relaxed(fit, terms, presence)
+        if e.kind == "vimco" and self.training:  # held-out batches carry no particles
+            return estimators.vimco(inference, terms, self.where_prior_loc, self.where_prior_sd,
+                                    e.particles)
+        return estimators.reinforce(inference, terms, advantage, self.signal_scale(),
+                                    schedule.reinforce_weight, e.reward_to_go)
 
     def blurred_fit(self, x: torch.Tensor, canvas: torch.Tensor, schedule: Schedule
                     ) -> torch.Tensor:

@@ -3,7 +3,8 @@
 AIR's ELBO depends on n through the canvas and the masked what/where KLs; n is discrete, so
 its gradient needs an estimator (estimator.kind):
   reinforce  score function on log q(n) with NVIL centring/normalisation and a neural baseline
-             (air.py); optionally per step with the reward-to-go, and warmed up linearly.
+             (both kept by the model, air.py); optionally per step with the reward-to-go, and
+             warmed up linearly.
   vimco      S particles per image, the importance-weighted bound, and the leave-one-out
              control variate with the geometric mean of the other log weights
              (Mnih & Rezende 2016, "Variational inference for Monte Carlo objectives").
@@ -13,6 +14,9 @@ its gradient needs an estimator (estimator.kind):
              variance grows). Only training uses the relaxation: the held-out count stays the
              deterministic rule (presence probability > 0.5) and the held-out ELBO the discrete one.
 
+The model (air.py) picks the kind and computes what it needs; these functions only combine
+the tensors they are given (airsearch.model.terms), so they never call back into the model.
+
 Shapes: R replicas, B images (S * B with particles, particle s of image b at s * B + b),
 K steps. Every reduction is over B, S or K inside one replica: replicas stay independent.
 """
@@ -20,43 +24,28 @@ K steps. Every reduction is over B, S or K inside one replica: replicas stay ind
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
-from airsearch.model.distributions import gaussian_log_lik
-
-if TYPE_CHECKING:  # the model calls these functions; they only read it
-    from airsearch.model.air import AIR, ElboTerms, Inference
-    from airsearch.schedules import Schedule
+from airsearch.model.terms import ElboTerms, Inference
 
 UNIFORM_EPS = 1e-6  # keeps the logistic noise of the relaxation finite
 
 
-def surrogate_objective(model: AIR, x: torch.Tensor, inference: Inference, elbo: ElboTerms,
-                        advantage: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """(R, B) objective whose gradient is estimator.kind's estimate of the ELBO's gradient."""
-    kind = model.config.estimator.kind
-    if kind == "relaxed":
-        return relaxed(model, x, inference, elbo, schedule)
-    if kind == "vimco" and model.training:  # held-out batches carry no particles
-        return vimco(model, inference, elbo)
-    return reinforce(model, inference, elbo, advantage, schedule.reinforce_weight)
-
-
 # ------------------------------------------------------------------------------- REINFORCE
-def reinforce(model: AIR, inference: Inference, elbo: ElboTerms, advantage: torch.Tensor,
-              weight: float) -> torch.Tensor:
-    """ELBO back-propagated through the continuous latents, plus `weight` x the score term."""
-    prefix = (kl_before_each_step(elbo.kl_steps, elbo.present)
-              if model.config.estimator.reward_to_go else None)
-    scale = model.signal_scale()
+def reinforce(inference: Inference, elbo: ElboTerms, advantage: torch.Tensor,
+              scale: torch.Tensor | float, weight: float, reward_to_go: bool) -> torch.Tensor:
+    """ELBO back-propagated through the continuous latents, plus `weight` x the score term.
+
+    scale is the NVIL normaliser the advantage was divided by.
+    """
+    prefix = kl_before_each_step(elbo.kl_steps, elbo.present) if reward_to_go else None
     score = reinforce_score(inference.pres_logits, inference.n, advantage, prefix, scale)
-    # The analytic KL of n is the other half of n's objective: it is divided by the same NVIL
-    # scale as the score term. Dividing only the score would weigh the count prior `scale`
-    # times (tens of nats) more than the evidence and switch steps off.
-    return elbo.fitted_log_lik - elbo.kl_objects - elbo.kl_n / scale + weight * score
+    # The analytic KL of z_pres is the other half of n's objective: it is divided by the same
+    # NVIL scale as the score term. Dividing only the score would weigh the z_pres prior
+    # `scale` times (tens of nats) more than the evidence and switch steps off.
+    return elbo.fitted_log_lik - elbo.kl_objects - elbo.kl_z_pres / scale + weight * score
 
 
 def step_log_probs(logits: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -94,16 +83,17 @@ def reinforce_score(logits: torch.Tensor, n: torch.Tensor, advantage: torch.Tens
 
 
 # ------------------------------------------------------------------------------- VIMCO
-def vimco(model: AIR, inference: Inference, elbo: ElboTerms) -> torch.Tensor:
+def vimco(inference: Inference, elbo: ElboTerms, where_prior_loc: torch.Tensor,
+          where_prior_sd: torch.Tensor, particles: int) -> torch.Tensor:
     """VIMCO's surrogate from the S particles of each image laid along the batch."""
     ratio = (normal_log_ratio(inference.z_where, inference.where_loc, inference.where_sd,
-                              model.where_prior_loc, model.where_prior_sd)
+                              where_prior_loc, where_prior_sd)
              + normal_log_ratio(inference.z_what, inference.what_loc, inference.what_sd,
                                 0.0, 1.0))  # (R, B, K)
-    log_q_n = elbo.q_n.log_prob(inference.n)
-    log_w = log_weights(elbo.fitted_log_lik, ratio, elbo.present, elbo.p_n.log_prob(inference.n),
-                        log_q_n)
-    return vimco_surrogate(log_w, log_q_n, model.config.estimator.particles)
+    log_q_n = elbo.z_pres_posterior.log_prob(inference.n)
+    log_w = log_weights(elbo.fitted_log_lik, ratio, elbo.present,
+                        elbo.z_pres_prior.log_prob(inference.n), log_q_n)
+    return vimco_surrogate(log_w, log_q_n, particles)
 
 
 def normal_log_ratio(z: torch.Tensor, loc: torch.Tensor, sd: torch.Tensor,
@@ -152,15 +142,14 @@ def vimco_surrogate(log_w: torch.Tensor, log_q_n: torch.Tensor, particles: int
 
 
 # ------------------------------------------------------------------------------- relaxed
-def relaxed(model: AIR, x: torch.Tensor, inference: Inference, elbo: ElboTerms,
-            schedule: Schedule) -> torch.Tensor:
-    """The ELBO with the canvas and object KLs weighted by the relaxed presence."""
-    presence = relaxed_presence(inference.pres_logits, inference.pres_uniforms,
-                                schedule.temperature)
-    canvas, _ = model.render(inference, presence)
-    return (gaussian_log_lik(x, canvas, schedule.likelihood_sd)
-            + model.blurred_fit(x, canvas, schedule)
-            - (elbo.kl_steps * presence).sum(-1) - elbo.kl_n)
+def relaxed(relaxed_fit: torch.Tensor, elbo: ElboTerms, presence: torch.Tensor
+            ) -> torch.Tensor:
+    """The ELBO with the canvas and object KLs weighted by the relaxed presence (R, B, K).
+
+    relaxed_fit (R, B) is the likelihood the objective fits (blurred comparison included) of the
+    canvas drawn with that presence.
+    """
+    return relaxed_fit - (elbo.kl_steps * presence).sum(-1) - elbo.kl_z_pres
 
 
 def relaxed_presence(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float

@@ -16,6 +16,7 @@ that no longer parses (a kill mid-write) is set aside rather than trusted.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -32,13 +33,15 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from airsearch.study.preflight import PreflightError, join_error, unreadable_ray_state
 from airsearch.study.space import (
     OBJECTIVE,
+    OPTUNA_FILE,
     grid_param_space,
     optuna_searcher,
     overrides_from_params,
 )
 from airsearch.study.spec import StudySpec, config_id
-from airsearch.study.tracking import MlflowCallback, StudyTracker
+from airsearch.study.tracking import StudyTracker
 from airsearch.study.trial import run_trial
+from airsearch.study.tune_callback import MlflowCallback
 
 RAY_DIR = "ray"
 # Forwarded to workers so data loads the same on a cluster as on the driver.
@@ -263,3 +266,36 @@ class ProgressCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.enabled and sys.stderr.isatty():
             sys.stderr.write("\n")
+
+
+def plan_text(spec: StudySpec, tracking_uri: str, max_concurrent: int | None) -> str:
+    """The resolved plan of a study, as --dry-run prints it."""
+    lines = [f"study {spec.name}  ({spec.path})"]
+    if spec.question:
+        lines += ["  " + line for line in spec.question.splitlines()]
+    lines += [f"mode: {spec.mode}", f"seeds per configuration: {len(spec.seeds)} "
+              f"{list(spec.seeds)}",
+              f"training: {spec.steps} steps, evaluation every {spec.eval_every}",
+              f"converged: held-out count accuracy >= {spec.threshold} in the last "
+              f"{spec.hold} evaluation(s)",
+              f"objective: convergence rate (max), tie-break {spec.tie_break}",
+              "fixed config: " + (json.dumps(spec.fixed) if spec.fixed else "(defaults)")]
+    if spec.mode == "grid":
+        configs = spec.configurations()
+        lines.append(f"configurations ({len(configs)}):")
+        lines += [f"  {i + 1:3d}. {json.dumps(c)}" for i, c in enumerate(configs)]
+    else:
+        lines.append(f"search space (optuna, {spec.sampler} sampler, seed {spec.sampler_seed}, "
+                     f"budget {spec.budget}):")
+        lines += [f"  {dim.key}: {dim.describe()}" for dim in spec.space]
+        lines += [f"  first point: {json.dumps(p)}" for p in spec.points_to_evaluate]
+    concurrent = max_concurrent or spec.max_concurrent
+    lines += [f"trials: {spec.trial_count} (one per configuration; {spec.trial_count} x "
+              f"{len(spec.seeds)} = {spec.trial_count * len(spec.seeds)} seed runs)",
+              f"resources per trial: {spec.cpus:g} cpu, {spec.gpus:g} gpu; at most "
+              f"{concurrent} at once",
+              f"results: {spec.storage}", f"tracking: {tracking_uri}"]
+    if spec.mode == "optuna":
+        db = f"sqlite:///{Path(spec.storage) / OPTUNA_FILE}"
+        lines.append(f"optuna storage: {db} (browse it: optuna-dashboard {db})")
+    return "\n".join(lines)

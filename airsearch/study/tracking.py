@@ -1,10 +1,6 @@
-"""MLflow layout of a study, written by the driver alone.
-
-One experiment per study; one parent run per configuration (params: its whole AIR config;
-metrics: the rate, its Wilson interval, outcome counts, time to converge); one child run per
-seed (params: the config plus its seed; curves, outcome, figures). Workers never touch MLflow:
-concurrent first writes to a sqlite store race, and a worker's cwd would become the artifact
-root.
+"""The one writer of a study's MLflow records (layout: airsearch.study.mlflow_layout), run by
+the driver alone. Workers never touch MLflow: concurrent
+first writes to a sqlite store race, and a worker's cwd would become the artifact root.
 
 Seed runs are live: they are created at a configuration's first evaluation and receive each
 evaluation as the driver hears of it, so a long study can be watched seed by seed.
@@ -21,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,65 +27,46 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from ray import tune
 
 from airsearch.config import ConfigError
+from airsearch.evaluation.outcomes import ACCURACY, ERROR
+from airsearch.study.mlflow_layout import (
+    ALL_OUTCOMES,
+    BEST,
+    COMPLETE,
+    CONFIG_ID,
+    CONFUSION,
+    ERROR_TAG,
+    EXPERIMENT_KIND,
+    KIND,
+    LAST_STEP,
+    MODE,
+    OUTCOME,
+    OVERRIDES,
+    PLACEMENT,
+    RATES_VIEW,
+    REFERENCE,
+    RUNNING,
+    SEED,
+    SHARE_REACHED,
+    STORAGE,
+    STUDY,
+    TIMES,
+    TRIAL_COUNT,
+    TRIAL_ID,
+    VARIED,
+    WALL,
+    artifact_location,
+    rates_view,
+    run_name,
+)
 from airsearch.study.space import overrides_from_params
 from airsearch.study.spec import StudySpec
 from airsearch.study.trial import decode_artifacts, seeds_of
-from airsearch.survival import kaplan_meier, seed_time
-from airsearch.training.outcomes import ACCURACY, ERROR, OUTCOMES
+from airsearch.survival import TimeToCount, kaplan_meier, seed_time
 from airsearch.training.records import SeedRecord
 
-STUDY = "airsearch.study"
-KIND = "airsearch.kind"
-CONFIG_ID = "airsearch.config_id"
-COMPLETE = "airsearch.complete"
-SEED = "airsearch.seed"
-OUTCOME = "airsearch.outcome"
-TRIAL_ID = "airsearch.trial_id"
-VARIED = "airsearch.varied"
-REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
-MODE = "airsearch.mode"  # grid or optuna
-TRIAL_COUNT = "airsearch.trial_count"
-STORAGE = "airsearch.storage"  # the study's results folder
-OVERRIDES = "airsearch.overrides"  # a configuration's values, JSON
-ERROR_TAG = "airsearch.error"  # why a configuration failed
-BEST = "airsearch.best_config_id"  # on the report run
-ALL_OUTCOMES = (*OUTCOMES, ERROR)
-CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds
-TIMES = "airsearch.time_to_count"  # per seed [first step at the threshold or null, last step]
-SHARE_REACHED = "time_to_count/share_reached"  # Kaplan-Meier, one point per evaluation step
-WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
-LAST_STEP = "airsearch.last_step"  # the last evaluation a seed run holds
-RUNNING = "running"  # a seed's outcome while its configuration trains
-# Opens the experiment in MLflow's training (runs) view, not the GenAI/traces one.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-NAME_LIMIT = 200
-# A saved view of the runs table (MLflow 3 keeps them as experiment tags): the configurations
-# with their rates, best first, instead of ~100 hidden columns; opened by `runs_view_url`.
-RATES_VIEW = "airsearch-rates"
-RATE_COLUMNS = ("convergence_rate", "wilson_low", "wilson_high", "converged", "seeds_done",
-                "progress/convergence_rate")
-PLACEMENT = ("node_id", "node_ip", "hostname", "gpu_ids")  # where the configuration trained
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics
-
-
-def resolve_tracking_uri(option: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch cwd."""
-    uri = option or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts of a local sqlite store go next to the database, not into whatever directory
-    the experiment happens to be created from; a tracking server chooses its own."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
 
 
 @dataclass
@@ -99,31 +75,6 @@ class SeedRun:
 
     run_id: str
     last_step: int
-
-
-def rates_view(varied: list[str] | tuple[str, ...]) -> str:
-    """The saved view's tag value: MLflow's envelope around the runs table's state."""
-    state = {"selectedColumns": [f"metrics.`{m}`" for m in RATE_COLUMNS]
-             + [f"params.`{key}`" for key in varied],
-             "orderByKey": "metrics.`convergence_rate`", "orderByAsc": False,
-             "searchFilter": f"tags.`{KIND}` = 'configuration'"}
-    now = int(time.time() * 1000)
-    return json.dumps({"name": "convergence rates", "createdAt": now, "updatedAt": now,
-                       "state": json.dumps(state)})
-
-
-def runs_view_url(tracking_uri: str, experiment_id: str) -> str:
-    """Where the study's rates open in the MLflow UI (a local store: `mlflow ui` first)."""
-    base = (tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://"))
-            else "http://127.0.0.1:5000")
-    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&viewStateShareKey={RATES_VIEW}")
-
-
-def run_name(overrides: dict[str, Any]) -> str:
-    """A configuration's run name: what it changes (the whole of it), readable in the UI."""
-    text = ", ".join(f"{key}={value}" for key, value in overrides.items()) or "default recipe"
-    return text if len(text) <= NAME_LIMIT else text[:NAME_LIMIT - 3] + "..."
 
 
 class StudyTracker:
@@ -334,29 +285,50 @@ class StudyTracker:
         return len(runs)
 
 
-class MlflowCallback(tune.Callback):
-    """Runs on the driver: streams progress and logs each finished configuration once."""
+def backfill_time_to_count(tracking_uri: str,
+                           rows: list[tuple[str, TimeToCount | None, list[list[int | None]]]]
+                           ) -> None:
+    """Configurations logged before time to count was get its curve and median, so MLflow
+    compares them like the others (idempotent: only where the curve is missing).
 
-    def __init__(self, tracking_uri: str, spec: StudySpec) -> None:
-        self.uri = tracking_uri
-        self.spec = spec
-        self._tracker: StudyTracker | None = None
+    rows: (parent run id, the Kaplan-Meier curve, per seed [first step at the threshold or
+    None, last step]).
+    """
+    client = MlflowClient(tracking_uri)
+    for run_id, curve, times in rows:
+        run = client.get_run(run_id)
+        if curve is None or SHARE_REACHED in run.data.metrics:
+            continue
+        params = run.data.params
+        every, steps = int(params["train.eval_every"]), int(params["train.steps"])
+        now = int(time.time() * 1000)
+        points = [Metric(SHARE_REACHED, curve.share_by(step), now, step)
+                  for step in range(every, steps + 1, every)]
+        if curve.median is not None:
+            points.append(Metric("median_steps_to_threshold", curve.median, now, 0))
+        client.log_batch(run_id, metrics=points)
+        client.set_tag(run_id, TIMES, json.dumps(times))
 
-    @property
-    def tracker(self) -> StudyTracker:
-        if self._tracker is None:
-            self._tracker = StudyTracker(self.uri, self.spec)
-        return self._tracker
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks with the experiment; an MLflow client is reopened instead.
-        return {**self.__dict__, "_tracker": None}
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        if not result.get("finished"):
-            self.tracker.log_progress(trial.trial_id, result)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.last_result.get("finished"):
-            self.tracker.log_final(trial.trial_id, trial.last_result)
+def log_report(tracking_uri: str, study: str, paths: list[Path], configurations: int,
+               best: tuple[str, float] | None) -> None:
+    """Log a report's files on the study's report run (created once), with the number of
+    complete configurations and the best one's (config id, rate)."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    found = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'report'")
+    run_id = (found[0].info.run_id if found else client.create_run(
+        experiment.experiment_id, run_name="report",
+        tags={KIND: "report", STUDY: study}).info.run_id)
+    for path in paths:
+        client.log_artifact(run_id, str(path))
+    # Idempotent: a report taken again adds a point only where the study has moved on.
+    values = {"configurations_complete": float(configurations)}
+    if best is not None:
+        values["best_convergence_rate"] = best[1]
+        client.set_tag(run_id, BEST, best[0])
+    logged = client.get_run(run_id).data.metrics
+    for key, value in values.items():
+        if logged.get(key) != value:
+            client.log_metric(run_id, key, value, step=configurations)
+    client.set_terminated(run_id, "FINISHED")

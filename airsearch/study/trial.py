@@ -39,6 +39,7 @@ import torch
 from ray import tune
 
 from airsearch.config import AIRConfig
+from airsearch.evaluation.outcomes import ACCURACY, CONVERGED, DIVERGED
 from airsearch.stats import wilson
 from airsearch.study.space import OBJECTIVE, overrides_from_params
 from airsearch.study.spec import StudySpec, config_id
@@ -53,7 +54,6 @@ from airsearch.training.checkpoint import (
     schedule_change,
     set_aside,
 )
-from airsearch.training.outcomes import ACCURACY, CONVERGED, DIVERGED
 from airsearch.training.records import EvalRecord, SeedRecord, rate_of
 
 TRIALS_DIR = "trials"

@@ -3,7 +3,7 @@
 Reads like a script: load data -> build R replicas (airsearch.training.step) -> loop: one
 step of every replica, and every train.eval_every steps a held-out evaluation, the metrics
 rows, a checkpoint a killed run resumes from (airsearch.training.checkpoint) and the summary
-so far -> figures -> one SeedRecord per seed, labelled by airsearch.training.outcomes.
+so far -> figures -> one SeedRecord per seed, labelled by airsearch.evaluation.outcomes.
 """
 
 from __future__ import annotations
@@ -21,10 +21,18 @@ from tqdm import tqdm
 from airsearch.config import AIRConfig
 from airsearch.data import MultiMNIST, load_datasets
 from airsearch.data.multi_mnist import load_heldout_of
+from airsearch.evaluation import outcomes
+from airsearch.evaluation.figures import (
+    attention_figure,
+    confusion_figure,
+    reconstruction_figure,
+)
+from airsearch.evaluation.gradient_variance import gradient_variance
+from airsearch.evaluation.heldout import Evaluation, deterministic_inference, evaluate
+from airsearch.evaluation.localisation import Localisation, localise
 from airsearch.model.air import AIR
 from airsearch.model.spatial import box_pixels
 from airsearch.schedules import learning_rate_factor, schedule_at
-from airsearch.training import outcomes
 from airsearch.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -35,14 +43,6 @@ from airsearch.training.checkpoint import (
     schedule_change,
     trim_metrics,
 )
-from airsearch.training.evaluate import Evaluation, deterministic_inference, evaluate
-from airsearch.training.figures import (
-    attention_figure,
-    confusion_figure,
-    reconstruction_figure,
-)
-from airsearch.training.gradient_variance import gradient_variance
-from airsearch.training.localisation import Localisation, localise
 from airsearch.training.optim import describe_groups
 from airsearch.training.records import EvalRecord, RunSummary, SeedRecord, append_metrics, summarise
 from airsearch.training.step import ReplicaStep, replicas_that_fit
@@ -291,7 +291,7 @@ def _accuracies(history: list[dict[str, float]]) -> list[float]:
 def _seed_records(config: AIRConfig, seeds: list[int], last: Evaluation | None,
                   progress: Progress, heldout: MultiMNIST, figures: list[str | None] | None
                   ) -> list[SeedRecord]:
-    """Each seed labelled from its evaluations (airsearch.training.outcomes)."""
+    """Each seed labelled from its evaluations (airsearch.evaluation.outcomes)."""
     mean_true = float(heldout.counts.mean())
     results = []
     for r, seed in enumerate(seeds):

@@ -21,9 +21,9 @@ import numpy as np
 
 from airsearch.atomic import atomic_write
 from airsearch.config import AIRConfig
+from airsearch.evaluation import outcomes
+from airsearch.evaluation.outcomes import CONVERGED, ERROR
 from airsearch.stats import Rate, wilson
-from airsearch.training import outcomes
-from airsearch.training.outcomes import CONVERGED, ERROR
 
 
 @dataclass

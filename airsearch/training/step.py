@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from airsearch.config import AIRConfig
-from airsearch.model.air import AIR, LossTerms, Noise
+from airsearch.model.air import AIR
+from airsearch.model.terms import LossTerms, Noise
 from airsearch.schedules import learning_rate_factor, schedule_at
 from airsearch.training.optim import ReplicaGuard, build_optimizer, set_learning_rates
 

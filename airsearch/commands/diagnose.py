@@ -9,7 +9,7 @@ import click
 
 from airsearch.config import AIRConfig, ConfigError, parse_assignments
 
-ESTIMATORS = ("reinforce", "vimco", "relaxed")
+ESTIMATORS = ("reinforce", "vimco", "relaxed")  # the rows `diagnose gradients` can compare
 
 
 @click.group()
@@ -45,24 +45,24 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
     0), reinforce as configured (NVIL + neural baseline), vimco (particles >= 2) and relaxed
     (at the configured temperature for the step). Columns: mean variance of the parameters
     fed by back-propagation and of the presence head, fed only by the score function and the
-    analytic KL of n (airsearch/training/gradient_variance.py). Writes OUT/gradient_variance.json
+    analytic KL of n (airsearch/evaluation/gradient_variance.py). Writes OUT/gradient_variance.json
     and OUT/gradient_variance.png.
     """
     import torch
 
     from airsearch.data import load_datasets
-    from airsearch.model.air import AIR
-    from airsearch.schedules import schedule_at
-    from airsearch.training.gradient_variance import gradient_variance
-    from airsearch.training.step import ReplicaStep
+    from airsearch.diagnostics.estimator_comparison import (
+        compare_estimators,
+        plot_comparison,
+        trained_state,
+    )
+    from airsearch.training.checkpoint import CheckpointError, read_checkpoint_file
 
     kinds = [k.strip() for k in estimators.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(ESTIMATORS))
     if unknown or not kinds:
         raise click.BadParameter(f"{estimators!r}: allowed are {', '.join(ESTIMATORS)}",
                                  param_hint="--estimators")
-    from airsearch.training.checkpoint import CheckpointError, read_checkpoint_file
-
     try:
         saved = read_checkpoint_file(Path(checkpoint)) if checkpoint else None
     except CheckpointError as err:
@@ -78,25 +78,10 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
     if saved:
         state, step = saved["model"], int(saved["step"])
     else:
-        trainer = ReplicaStep(config, seeds, images)
-        for s in range(steps):
-            trainer(s)
-        state, step = trainer.model.state_dict(), steps
+        state, step = trained_state(config, seeds, images, steps), steps
     batch = images[:config.train.batch_size].to(torch.float32) / 255.0  # (B, H, W)
-    x = batch.expand(len(seeds), *batch.shape)
-
-    rows = []
-    for label, overrides, no_baseline in _variants(kinds, config):
-        variant = AIRConfig.from_flat(overrides, base=config)
-        model = AIR(variant, seeds)
-        model.load_state_dict(state)
-        if no_baseline:
-            with torch.no_grad():
-                model.baseline.out.weight.zero_()
-                model.baseline.out.bias.zero_()
-        result = gradient_variance(model, x, schedule_at(variant, step), seeds, samples)
-        rows.append({"estimator": label, "backprop": result.backprop.mean().item(),
-                     "score": result.score.mean().item()})
+    rows = compare_estimators(config, seeds, state, step,
+                              batch.expand(len(seeds), *batch.shape), kinds, samples)
     click.echo(f"gradient variance per parameter element, {samples} estimates on one batch of "
                f"{config.train.batch_size}, step {step}, mean over {len(seeds)} replica(s)")
     click.echo(f"{'estimator':<34} {'backprop':>10} {'score-only':>10}")
@@ -105,7 +90,7 @@ def gradients(checkpoint: Path | None, assignments: tuple[str, ...], samples: in
     out.mkdir(parents=True, exist_ok=True)
     (out / "gradient_variance.json").write_text(json.dumps(
         {"samples": samples, "step": step, "seeds": seeds, "rows": rows}, indent=2))
-    _plot(rows, out / "gradient_variance.png")
+    plot_comparison(rows, out / "gradient_variance.png")
     click.echo(f"wrote {out / 'gradient_variance.json'} and {out / 'gradient_variance.png'}")
 
 
@@ -163,41 +148,3 @@ def _rows(assignments: tuple[str, ...]) -> list[dict[str, str]]:
     for key, options in values.items():
         rows = [{**row, key: option} for row in rows for option in options]
     return rows
-
-
-def _variants(kinds: list[str], config: AIRConfig) -> list[tuple[str, dict[str, object], bool]]:
-    """(row label, config overrides, zero the baseline?) per table row."""
-    rows: list[tuple[str, dict[str, object], bool]] = []
-    if "reinforce" in kinds:
-        rows.append(("reinforce, no baseline", {"estimator.kind": "reinforce",
-                                                "estimator.centre_signal": False,
-                                                "estimator.normalise_signal": False}, True))
-        rows.append(("reinforce, NVIL + neural baseline", {"estimator.kind": "reinforce"}, False))
-    if "vimco" in kinds:
-        particles = max(2, config.estimator.particles)
-        rows.append((f"vimco, {particles} particles", {"estimator.kind": "vimco",
-                                                       "estimator.particles": particles}, False))
-    if "relaxed" in kinds:
-        rows.append(("relaxed (Concrete)", {"estimator.kind": "relaxed"}, False))
-    return rows
-
-
-def _plot(rows: list[dict[str, object]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = [str(r["estimator"]) for r in rows]
-    at = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 3.6))
-    ax.bar(at - 0.2, [r["backprop"] for r in rows], 0.4, label="back-propagated parameters")
-    ax.bar(at + 0.2, [r["score"] for r in rows], 0.4, label="presence head (score function)")
-    ax.set_yscale("log")
-    ax.set_xticks(at, labels, fontsize=7)
-    ax.set_ylabel("gradient variance per parameter")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import click
 
-from airsearch.study.spec import SpecError, StudySpec, config_id, load_spec
+from airsearch.study.spec import SpecError, StudySpec, config_id
+from airsearch.study.spec_file import load_spec
 
 TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
                  "in the current directory)")
 
 
 def _tracking(option: str | None) -> str:
-    from airsearch.study.tracking import resolve_tracking_uri
+    from airsearch.study.mlflow_layout import resolve_tracking_uri
 
     return resolve_tracking_uri(option)
 
@@ -31,7 +32,7 @@ def _existing_tracking(option: str | None) -> str:
 
 
 def _mlflow_view(uri: str, experiment_id: str) -> str:
-    from airsearch.study.tracking import runs_view_url
+    from airsearch.study.mlflow_layout import runs_view_url
 
     url = runs_view_url(uri, experiment_id)
     if uri.startswith(("http://", "https://")):
@@ -50,41 +51,6 @@ def study() -> None:
       python cli.py study status quickstart
       python cli.py study report quickstart --format markdown
     """
-
-
-def plan(spec: StudySpec, tracking_uri: str, max_concurrent: int | None) -> str:
-    """The resolved plan of a study, as --dry-run prints it."""
-    lines = [f"study {spec.name}  ({spec.path})"]
-    if spec.question:
-        lines += ["  " + line for line in spec.question.splitlines()]
-    lines += [f"mode: {spec.mode}", f"seeds per configuration: {len(spec.seeds)} "
-              f"{list(spec.seeds)}",
-              f"training: {spec.steps} steps, evaluation every {spec.eval_every}",
-              f"converged: held-out count accuracy >= {spec.threshold} in the last "
-              f"{spec.hold} evaluation(s)",
-              f"objective: convergence rate (max), tie-break {spec.tie_break}",
-              "fixed config: " + (json.dumps(spec.fixed) if spec.fixed else "(defaults)")]
-    if spec.mode == "grid":
-        configs = spec.configurations()
-        lines.append(f"configurations ({len(configs)}):")
-        lines += [f"  {i + 1:3d}. {json.dumps(c)}" for i, c in enumerate(configs)]
-    else:
-        lines.append(f"search space (optuna, {spec.sampler} sampler, seed {spec.sampler_seed}, "
-                     f"budget {spec.budget}):")
-        lines += [f"  {dim.key}: {dim.describe()}" for dim in spec.space]
-        lines += [f"  first point: {json.dumps(p)}" for p in spec.points_to_evaluate]
-    concurrent = max_concurrent or spec.max_concurrent
-    lines += [f"trials: {spec.trial_count} (one per configuration; {spec.trial_count} x "
-              f"{len(spec.seeds)} = {spec.trial_count * len(spec.seeds)} seed runs)",
-              f"resources per trial: {spec.cpus:g} cpu, {spec.gpus:g} gpu; at most "
-              f"{concurrent} at once",
-              f"results: {spec.storage}", f"tracking: {tracking_uri}"]
-    if spec.mode == "optuna":
-        from airsearch.study.space import OPTUNA_FILE
-
-        db = f"sqlite:///{Path(spec.storage) / OPTUNA_FILE}"
-        lines.append(f"optuna storage: {db} (browse it: optuna-dashboard {db})")
-    return "\n".join(lines)
 
 
 def _load(path: str) -> StudySpec:
@@ -126,11 +92,13 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     """
     spec = _load(spec_path)
     uri = _tracking(tracking_uri)
-    if dry_run:
-        click.echo(plan(spec, uri, max_concurrent))
-        return
     from airsearch.study import preflight, runner
-    from airsearch.study.report import load_report, render
+
+    if dry_run:
+        click.echo(runner.plan_text(spec, uri, max_concurrent))
+        return
+    from airsearch.report.results import load_report
+    from airsearch.report.tables import render
     from airsearch.study.tracking import StudyTracker
 
     try:
@@ -149,7 +117,8 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
                 click.echo(recovered)
             elif runner.has_results(spec):
                 click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
-        click.echo("\n".join(line for line in plan(spec, uri, max_concurrent).splitlines()
+        where = runner.plan_text(spec, uri, max_concurrent).splitlines()
+        click.echo("\n".join(line for line in where
                               if line.startswith(("results:", "tracking:", "optuna storage:"))))
         click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
         started, dashboard = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
@@ -199,7 +168,7 @@ def status(name: str, tracking_uri: str | None) -> None:
     Example:
       python cli.py study status quickstart
     """
-    from airsearch.study.report import StudyNotFound, load_report
+    from airsearch.report.results import StudyNotFound, load_report
 
     try:
         report = load_report(_existing_tracking(tracking_uri), name)
@@ -225,7 +194,7 @@ def list_studies(tracking_uri: str | None) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from airsearch.study.report import load_report, study_names
+    from airsearch.report.results import load_report, study_names
 
     uri = _existing_tracking(tracking_uri)
     names = study_names(MlflowClient(uri))
@@ -257,7 +226,9 @@ def report(name: str, fmt: str, tracking_uri: str | None, out: str | None) -> No
       python cli.py study report quickstart
       python cli.py study report search --format csv > search.csv
     """
-    from airsearch.study.report import StudyNotFound, load_report, render, write_report
+    from airsearch.report.publish import write_report
+    from airsearch.report.results import StudyNotFound, load_report
+    from airsearch.report.tables import render
 
     uri = _existing_tracking(tracking_uri)
     try:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from airsearch.model.air import AIR, Inference, Noise
+from airsearch.evaluation.outcomes import ACCURACY, SHARE_MAX, SHARE_ZERO
+from airsearch.model.air import AIR
 from airsearch.model.spatial import box_pixels
+from airsearch.model.terms import Inference, Noise
 from airsearch.schedules import Schedule
-from airsearch.training.outcomes import ACCURACY, SHARE_MAX, SHARE_ZERO
 
 EVAL_NOISE_OFFSET = 1_000_003  # eval noise generators are seeded apart from training ones
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from airsearch.model.air import AIR, Noise
+from airsearch.model.air import AIR
+from airsearch.model.terms import Noise
 from airsearch.schedules import Schedule
 
 SCORE_PREFIX = "presence_head."

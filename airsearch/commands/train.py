@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from airsearch.config import AIRConfig, ConfigError, knob_specs, parse_assignments
-from airsearch.training.outcomes import ACCURACY
+from airsearch.evaluation.outcomes import ACCURACY
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -35,7 +35,7 @@ Examples:
   python cli.py train --steps 2000 --out runs/first
   python cli.py train --seeds 0-7 --out runs/eight-seeds
   python cli.py train --set prior.z_pres.schedule=exponential --set prior.z_pres.initial=0.999999 \\
-      --set prior.z_pres.final=1e-7 --set prior.z_pres.duration=100000 --seed 3
+      --set prior.z_pres.final=1e-7 --set prior.z_pres.decay_end=0.8 --seed 3
   python cli.py train --resume runs/eight-seeds                 # go on after a kill
   python cli.py train --resume runs/first --steps 5000            # train a run longer
   python cli.py train --list-keys""")

@@ -1,0 +1,1 @@
+"""Reading a trained model: held-out count accuracy, localisation, outcome labels, figures."""

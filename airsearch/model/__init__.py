@@ -1,0 +1,1 @@
+"""AIR itself: guide, generative model, ELBO terms and the gradient estimators for z_pres."""

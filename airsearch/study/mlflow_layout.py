@@ -1,0 +1,91 @@
+"""Where a study lives in MLflow: the tags, names, views and URLs every reader and writer
+shares (airsearch.study.tracking writes, airsearch.report reads).
+
+One experiment per study; one parent run per configuration (params: its whole AIR config;
+metrics: the rate, its Wilson interval, outcome counts, time to converge); one child run per
+seed (params: the config plus its seed; curves, outcome, figures); one report run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from airsearch.evaluation.outcomes import ERROR, OUTCOMES
+
+STUDY = "airsearch.study"
+KIND = "airsearch.kind"
+CONFIG_ID = "airsearch.config_id"
+COMPLETE = "airsearch.complete"
+SEED = "airsearch.seed"
+OUTCOME = "airsearch.outcome"
+TRIAL_ID = "airsearch.trial_id"
+VARIED = "airsearch.varied"
+REFERENCE = "airsearch.reference"  # config id the report tests every configuration against
+MODE = "airsearch.mode"  # grid or optuna
+TRIAL_COUNT = "airsearch.trial_count"
+STORAGE = "airsearch.storage"  # the study's results folder
+OVERRIDES = "airsearch.overrides"  # a configuration's values, JSON
+ERROR_TAG = "airsearch.error"  # why a configuration failed
+BEST = "airsearch.best_config_id"  # on the report run
+ALL_OUTCOMES = (*OUTCOMES, ERROR)
+CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds
+TIMES = "airsearch.time_to_count"  # per seed [first step at the threshold or null, last step]
+SHARE_REACHED = "time_to_count/share_reached"  # Kaplan-Meier, one point per evaluation step
+WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
+LAST_STEP = "airsearch.last_step"  # the last evaluation a seed run holds
+RUNNING = "running"  # a seed's outcome while its configuration trains
+# Opens the experiment in MLflow's training (runs) view, not the GenAI/traces one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+NAME_LIMIT = 200
+# A saved view of the runs table (MLflow 3 keeps them as experiment tags): the configurations
+# with their rates, best first, instead of ~100 hidden columns; opened by `runs_view_url`.
+RATES_VIEW = "airsearch-rates"
+RATE_COLUMNS = ("convergence_rate", "wilson_low", "wilson_high", "converged", "seeds_done",
+                "progress/convergence_rate")
+PLACEMENT = ("node_id", "node_ip", "hostname", "gpu_ids")  # where the configuration trained
+
+
+def resolve_tracking_uri(option: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch cwd."""
+    uri = option or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a local sqlite store go next to the database, not into whatever directory
+    the experiment happens to be created from; a tracking server chooses its own."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
+
+
+def rates_view(varied: list[str] | tuple[str, ...]) -> str:
+    """The saved view's tag value: MLflow's envelope around the runs table's state."""
+    state = {"selectedColumns": [f"metrics.`{m}`" for m in RATE_COLUMNS]
+             + [f"params.`{key}`" for key in varied],
+             "orderByKey": "metrics.`convergence_rate`", "orderByAsc": False,
+             "searchFilter": f"tags.`{KIND}` = 'configuration'"}
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "convergence rates", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def runs_view_url(tracking_uri: str, experiment_id: str) -> str:
+    """Where the study's rates open in the MLflow UI (a local store: `mlflow ui` first)."""
+    base = (tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://"))
+            else "http://127.0.0.1:5000")
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={RATES_VIEW}")
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """A configuration's run name: what it changes (the whole of it), readable in the UI."""
+    text = ", ".join(f"{key}={value}" for key, value in overrides.items()) or "default recipe"
+    return text if len(text) <= NAME_LIMIT else text[:NAME_LIMIT - 3] + "..."
