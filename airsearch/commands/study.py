@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from airsearch.study.spec import SpecError, StudySpec, config_id
 from airsearch.study.spec_file import load_spec
+
+if TYPE_CHECKING:  # Ray loads only when a study is launched
+    from airsearch.study.runner import LaunchOutcome
 
 TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
                  "in the current directory)")
@@ -102,41 +106,11 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     from airsearch.study.tracking import StudyTracker
 
     try:
-        preflight.check_tracking(uri)
-        preflight.check_address(address)
-        if restart and (runner.has_results(spec) or Path(spec.storage).exists()):
-            if not yes:
-                click.confirm(f"delete {spec.storage} and the MLflow runs of study "
-                              f"{spec.name}?", abort=True)
-            deleted = runner.restart(spec, uri)
-            click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
-        else:
-            recovered = (runner.set_aside_unreadable_state(spec)
-                         or runner.set_aside_ended_state(spec, uri))
-            if recovered:
-                click.echo(recovered)
-            elif runner.has_results(spec):
-                click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
-        where = runner.plan_text(spec, uri, max_concurrent).splitlines()
-        click.echo("\n".join(line for line in where
-                              if line.startswith(("results:", "tracking:", "optuna storage:"))))
-        click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
-        started, dashboard = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
-        if dashboard:
-            click.echo(f"ray dashboard: {dashboard}")
+        with runner.launch_lock(spec):
+            outcome = _launch_locked(spec, uri, address, max_concurrent, num_cpus, num_gpus,
+                                     restart, yes, quiet)
     except preflight.PreflightError as exc:
         raise click.ClickException(str(exc)) from None
-    import ray
-
-    try:
-        preflight.check_resources(spec.cpus, spec.gpus, ray.cluster_resources())
-        outcome = runner.launch(spec, uri, max_concurrent=max_concurrent,
-                                show_progress=not quiet)
-    except preflight.PreflightError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        if started:
-            ray.shutdown()
     errored = f", {outcome.errored} errored (launch again to retry)" if outcome.errored else ""
     click.echo(f"{outcome.finished}/{outcome.trials} trials finished{errored} "
                f"in {outcome.wall_s:.0f} s")
@@ -156,6 +130,47 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     elif outcome.errored:
         raise click.ClickException(f"{outcome.errored} trial(s) ended without a result; "
                                    "launch again to retry them")
+
+
+def _launch_locked(spec: StudySpec, uri: str, address: str | None, max_concurrent: int | None,
+                   num_cpus: int | None, num_gpus: int | None, restart: bool, yes: bool,
+                   quiet: bool) -> LaunchOutcome:
+    """Everything a launch does while it holds the study's launch lock."""
+    import ray
+
+    from airsearch.study import preflight, runner
+    from airsearch.study.tracking import StudyTracker
+
+    if not restart:
+        runner.check_same_tracking(spec, uri)
+    preflight.check_tracking(uri)
+    preflight.check_address(address)
+    if restart and (runner.has_results(spec) or any(Path(spec.storage).glob("[!.]*"))):
+        if not yes:
+            click.confirm(f"delete {spec.storage} and the MLflow runs of study "
+                          f"{spec.name}?", abort=True)
+        deleted = runner.restart(spec, uri)
+        click.echo(f"restarting {spec.name}: results deleted ({deleted} MLflow runs)")
+    else:
+        recovered = (runner.set_aside_unreadable_state(spec)
+                     or runner.set_aside_ended_state(spec, uri))
+        if recovered:
+            click.echo(recovered)
+        elif runner.has_results(spec):
+            click.echo(f"resuming {spec.name} from {runner.ray_path(spec)}")
+    where = runner.plan_text(spec, uri, max_concurrent).splitlines()
+    click.echo("\n".join(line for line in where
+                          if line.startswith(("results:", "tracking:", "optuna storage:"))))
+    click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
+    started, dashboard = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    if dashboard:
+        click.echo(f"ray dashboard: {dashboard}")
+    try:
+        preflight.check_resources(spec.cpus, spec.gpus, ray.cluster_resources())
+        return runner.launch(spec, uri, max_concurrent=max_concurrent, show_progress=not quiet)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @study.command()

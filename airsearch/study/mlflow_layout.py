@@ -30,6 +30,7 @@ TRIAL_COUNT = "airsearch.trial_count"
 STORAGE = "airsearch.storage"  # the study's results folder
 OVERRIDES = "airsearch.overrides"  # a configuration's values, JSON
 ERROR_TAG = "airsearch.error"  # why a configuration failed
+SET_ASIDE = "airsearch.set_aside"  # a damaged checkpoint its trial set aside, and what then
 BEST = "airsearch.best_config_id"  # on the report run
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
 CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds

@@ -27,22 +27,58 @@ class PreflightError(Exception):
 
 
 def check_tracking(uri: str, timeout: float = TIMEOUT_S) -> None:
-    """A tracking server must answer; a local store's folder must exist."""
+    """A tracking server must answer as MLflow; a local store's folder must exist, and a store
+    already there must open (one created only in part, by a full disk or a kill, does not)."""
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-        except urllib.error.HTTPError:
-            return  # something answers; MLflow itself will say if it is not a tracking server
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise PreflightError(
-                f"--tracking-uri {uri}: no tracking server answers ({reason}); start one "
-                "(mlflow server --backend-store-uri sqlite:///mlflow.db) or leave the option "
-                "out to use sqlite:///mlflow.db here") from None
+        _check_server(uri.rstrip("/"), timeout)
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise PreflightError(f"--tracking-uri {uri}: folder {folder} does not exist")
+        path = Path(uri[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise PreflightError(f"--tracking-uri {uri}: folder {path.parent} does not exist")
+        _check_sqlite_store(uri, path)
+
+
+def _check_server(base: str, timeout: float) -> None:
+    try:
+        urllib.request.urlopen(base + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # something answers; the API call below tells whether it is MLflow
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PreflightError(
+            f"--tracking-uri {base}: no tracking server answers ({reason}); start one "
+            "(mlflow server --backend-store-uri sqlite:///mlflow.db) or leave the option "
+            "out to use sqlite:///mlflow.db here") from None
+    api = base + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(api, timeout=timeout) as answer:
+            body = json.loads(answer.read(1_000_000) or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError("the answer is not a JSON object")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an MLflow server with authentication: MLflow's client handles it
+        raise PreflightError(f"--tracking-uri {base}: answers HTTP but is not an MLflow "
+                             f"tracking server (GET {api}: {exc.code} {exc.reason})") from None
+    except (ValueError, urllib.error.URLError, OSError) as exc:
+        raise PreflightError(f"--tracking-uri {base}: answers HTTP but is not an MLflow "
+                             f"tracking server (GET {api}: {str(exc)[:120]})") from None
+
+
+def _check_sqlite_store(uri: str, path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    existed = path.exists()
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)  # creates a store not there yet
+    except Exception as exc:  # noqa: BLE001 -- any failure to open the store is the finding
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise PreflightError(
+            f"--tracking-uri {uri}: the MLflow store {path} cannot be "
+            f"{'opened' if existed else 'created'} ({first}); a store created only in part (a "
+            f"full disk or a kill while it was set up) never opens: make room, move it aside "
+            f"(mv {path} {path}.broken) and launch again; the study's checkpoints are kept and "
+            "its results are logged again") from None
 
 
 def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
@@ -107,6 +143,8 @@ def unreadable_ray_state(ray_dir: Path) -> str | None:
             state: Any = json.loads(data) if kind == "json" else ray.cloudpickle.loads(data)
             if kind == "json" and not {"runner_data", "trial_data"} <= set(state):
                 raise ValueError("runner_data or trial_data missing")
+            if pattern == "tuner.pkl" and not (isinstance(state, dict) and "_run_config" in state):
+                raise ValueError(f"holds a {type(state).__name__}, not Ray Tune's tuner state")
         except Exception as exc:  # noqa: BLE001 -- any failure to parse is the finding
             return f"{newest} is unreadable ({type(exc).__name__}: {str(exc)[:120]})"
     return None

@@ -16,11 +16,15 @@ that no longer parses (a kill mid-write) is set aside rather than trusted.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +48,7 @@ from airsearch.study.trial import run_trial
 from airsearch.study.tune_callback import MlflowCallback
 
 RAY_DIR = "ray"
+LAUNCH_LOCK = ".launch.lock"  # held by the launch running this study
 # Forwarded to workers so data loads the same on a cluster as on the driver.
 FORWARDED_ENV = ("AIRSEARCH_CACHE", "AIRSEARCH_MNIST_DIR")
 MAX_FAILURES = 3  # retries of a trial whose worker died (a lost node), on the nodes left
@@ -96,6 +101,28 @@ def has_results(spec: StudySpec) -> bool:
     return tune.Tuner.can_restore(str(ray_path(spec)))
 
 
+def check_same_tracking(spec: StudySpec, tracking_uri: str) -> None:
+    """A resumed study logs where it began: Ray restores the MLflow callback, with the address
+    it was given, from the study's state. Refuse a launch that names another store."""
+    if not has_results(spec) or unreadable_ray_state(ray_path(spec)) is not None:
+        return  # nothing to resume, or a state the launch sets aside
+    state = ray.cloudpickle.loads((ray_path(spec) / "tuner.pkl").read_bytes())
+    logged_to = next((callback.uri for callback in state["_run_config"].callbacks or []
+                      if isinstance(callback, MlflowCallback)), None)
+    if logged_to is not None and _store(logged_to) != _store(tracking_uri):
+        raise PreflightError(
+            f"study {spec.name} logs to {logged_to} (its Ray state in {ray_path(spec)}); this "
+            f"launch names {tracking_uri}: launch with --tracking-uri {logged_to}, or with "
+            f"--restart to train it anew and log to {tracking_uri}")
+
+
+def _store(uri: str) -> str:
+    """A tracking URI compared by the store it names (a sqlite path resolved)."""
+    prefix = "sqlite:///"
+    return (prefix + str(Path(uri[len(prefix):]).resolve()) if uri.startswith(prefix)
+            else uri.rstrip("/"))
+
+
 def set_aside_unreadable_state(spec: StudySpec) -> str | None:
     """Check Ray's state before resuming; set it aside (grid) or refuse (Optuna) if garbled.
 
@@ -140,9 +167,39 @@ def set_aside_ended_state(spec: StudySpec, tracking_uri: str) -> str | None:
 
 
 def restart(spec: StudySpec, tracking_uri: str) -> int:
-    """Delete the study's Ray and Optuna results and its MLflow runs; returns runs deleted."""
-    shutil.rmtree(spec.storage, ignore_errors=True)
+    """Delete the study's Ray and Optuna results and its MLflow runs; returns runs deleted.
+    The launch lock stays: this launch holds it."""
+    for entry in Path(spec.storage).glob("*"):
+        if entry.name == LAUNCH_LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
     return StudyTracker(tracking_uri, spec).delete_all()
+
+
+@contextlib.contextmanager
+def launch_lock(spec: StudySpec) -> Iterator[None]:
+    """Held for a whole launch, so that two launches of one study never train it twice or
+    race to create its stores. A killed launch leaves nothing held: the kernel drops the lock
+    with the process."""
+    Path(spec.storage).mkdir(parents=True, exist_ok=True)
+    path = Path(spec.storage) / LAUNCH_LOCK
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise PreflightError(
+                f"study {spec.name} is being launched already (process {holder} holds "
+                f"{path}): wait for that launch, or stop it, then launch again") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = None,

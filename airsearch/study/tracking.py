@@ -48,6 +48,7 @@ from airsearch.study.mlflow_layout import (
     REFERENCE,
     RUNNING,
     SEED,
+    SET_ASIDE,
     SHARE_REACHED,
     STORAGE,
     STUDY,
@@ -143,6 +144,21 @@ class StudyTracker:
             return self.spec.config_for(overrides).to_flat()
         except ConfigError:  # the trial reports the error; keep what was asked for
             return {**self.spec.base_flat(), **overrides}
+
+    def record_set_aside(self, trial_id: str, result: dict[str, Any]) -> str | None:
+        """Tag the configuration's parent with what its trial set aside (a damaged checkpoint);
+        returns the note the first time it is recorded, for the launch to say."""
+        note = result.get("set_aside") or ""
+        if not note:
+            return None
+        config = result.get("config") or {}
+        overrides = (json.loads(result["overrides_json"]) if "overrides_json" in result
+                     else overrides_from_params(config))
+        parent = self.parent(result["config_id"], overrides, trial_id)
+        if parent.data.tags.get(SET_ASIDE) == note:
+            return None
+        self.client.set_tag(parent.info.run_id, SET_ASIDE, note)
+        return note
 
     def log_progress(self, trial_id: str, result: dict[str, Any]) -> None:
         """Live progress on the parent while the configuration trains."""

@@ -29,7 +29,7 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     placement = {"config_id": cid, "node_id": ray.get_runtime_context().get_node_id(),
                  "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
                  "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
-                 "started_at": started, "resumed_from_step": 0}
+                 "started_at": started, "resumed_from_step": 0,
+                 "set_aside": ""}  # what the trial found damaged and set aside, said by the driver
 
     def on_eval(record: EvalRecord) -> None:
         rows = [{"step": record.step, "wall_s": record.wall_s, **row} for row in record.per_seed]
@@ -86,7 +87,8 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
         config = spec.config_for(overrides)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         with trial_folder(Path(spec.storage) / TRIALS_DIR / cid) as out:
-            resume = resumable_checkpoint(out, config, spec.seeds)
+            resume = resumable_checkpoint(out, config, spec.seeds,
+                                          lambda note: placement.update(set_aside=note))
             if resume is not None:
                 placement["resumed_from_step"] = resume.step
             summary = train_seeds(config, spec.seeds, out_dir=out, on_eval=on_eval,
@@ -153,12 +155,13 @@ def trial_folder(folder: Path) -> Iterator[Path]:
         yield folder
 
 
-def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
-                         ) -> Checkpoint | None:
+def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int],
+                         set_aside_note: Callable[[str], None] = print) -> Checkpoint | None:
     """The checkpoint this configuration left in `folder`, if training can go on from it.
 
     Any other run there (a finished run's record, a checkpoint of another version of the
-    study file) is cleared, so that the new run does not append to it.
+    study file) is cleared, so that the new run does not append to it. A damaged checkpoint
+    is set aside, and `set_aside_note` told what was done.
     """
     if (folder / CHECKPOINT).exists():
         try:
@@ -169,8 +172,7 @@ def resumable_checkpoint(folder: Path, config: AIRConfig, seeds: Sequence[int]
                 return checkpoint
         except UnreadableCheckpoint as exc:
             kept = set_aside(folder / CHECKPOINT)
-            print(f"[airsearch] {exc}; set aside as {kept.name}, training this configuration "
-                  "afresh", flush=True)
+            set_aside_note(f"{exc}; set aside as {kept}, training this configuration afresh")
         except CheckpointError:
             pass
     clear_run(folder)

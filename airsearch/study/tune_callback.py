@@ -30,9 +30,16 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        self._say_set_aside(trial.trial_id, result)
         if not result.get("finished"):
             self.tracker.log_progress(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.last_result.get("finished"):
             self.tracker.log_final(trial.trial_id, trial.last_result)
+
+    def _say_set_aside(self, trial_id: str, result: dict) -> None:
+        """What a trial set aside goes to the launch's own output, not only a worker's log."""
+        note = self.tracker.record_set_aside(trial_id, result)
+        if note:
+            print(f"[{self.spec.name}] configuration {result['config_id']}: {note}", flush=True)
