@@ -117,6 +117,15 @@ def test_a_second_launch_of_a_running_study_is_refused_and_a_killed_one_holds_no
         assert (f"study guard is being launched already (process {first.pid} on "
                 in last_line(second))
         assert "Traceback" not in second.stderr
+        while True:  # `study status` shows the running configuration's progress by name
+            status = subprocess.run([sys.executable, str(ROOT / "cli.py"), "study", "status",
+                                     "guard", "--tracking-uri", uri], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=120, check=True)
+            if "training  step" in status.stdout or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert "/100,000, 0.00 converged so far [0.00, 0.79], ETA" in status.stdout
+        assert status.stdout.rstrip().splitlines()[1].endswith("decoder_bias=-2.0")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
@@ -142,8 +151,16 @@ def test_what_a_launch_sets_aside_it_says_and_a_resumed_study_keeps_its_store(
     client = MlflowClient(uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("guard").experiment_id],
                                    "tags.`airsearch.kind` = 'configuration'")
+    assert parent.info.run_name == "decoder_bias=-2.0"  # what it varies, in short
     assert "set aside as" in parent.data.tags["airsearch.set_aside"]
     assert parent.data.tags["airsearch.complete"] == "1"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    seed_runs = client.search_runs([parent.info.experiment_id], "tags.`airsearch.kind` = 'seed'")
+    for run in [parent, *seed_runs]:  # which code and which command made every run
+        assert run.data.tags["mlflow.source.git.commit"] == head
+        assert run.data.tags["airsearch.command"].startswith(
+            f"python cli.py study launch {spec_path} --tracking-uri {uri}")
 
     other = f"sqlite:///{tmp_path / 'other.db'}"
     moved = launch(tmp_path, spec_path, other)

@@ -183,18 +183,31 @@ def status(name: str, tracking_uri: str | None) -> None:
     Example:
       python cli.py study status quickstart
     """
-    from airsearch.report.results import StudyNotFound, load_report
+    import time
 
+    from airsearch.report.results import StudyNotFound, load_progress, load_report
+
+    uri = _existing_tracking(tracking_uri)
     try:
-        report = load_report(_existing_tracking(tracking_uri), name)
+        report = load_report(uri, name)
+        running = load_progress(uri, name)
     except StudyNotFound as exc:
         raise click.ClickException(str(exc)) from None
     best = report.best
     click.echo(f"study {name} ({report.mode}): {len(report.rows)}/{report.expected} "
-               f"configurations complete, {report.running} in progress or interrupted")
+               f"configurations complete, {len(running)} training or interrupted")
+    for row in report.rows:
+        click.echo(f"  done      {row.k}/{row.n} converged [{row.low:.2f}, {row.high:.2f}]  "
+                   f"{row.name}")
+    now_ms = time.time() * 1000
+    for live in running:
+        rate = (now_ms - live.started_ms) / 1000 / max(live.step, 1)  # seconds per step
+        eta = f"ETA {rate * (live.steps - live.step) / 60:.0f} min" if live.step else "ETA -"
+        click.echo(f"  training  step {live.step:,}/{live.steps:,}, {live.rate:.2f} converged so "
+                   f"far [{live.low:.2f}, {live.high:.2f}], {eta}  {live.name}")
     if best is not None:
-        click.echo(f"best so far: {best.config_id} {best.k}/{best.n} converged "
-                   f"[{best.low:.2f}, {best.high:.2f}] {json.dumps(best.values)}")
+        click.echo(f"best so far: {best.k}/{best.n} converged [{best.low:.2f}, {best.high:.2f}]"
+                   f"  {best.name} ({best.config_id})")
     click.echo(f"results: {report.storage}")
 
 
@@ -218,7 +231,7 @@ def list_studies(tracking_uri: str | None) -> None:
     for name in names:
         report = load_report(uri, name)
         best = report.best
-        text = f"{best.k}/{best.n} ({best.config_id})" if best else "-"
+        text = f"{best.k}/{best.n} {best.name} ({best.config_id})" if best else "-"
         click.echo(f"{name:24s} {report.mode:7s} {len(report.rows):4d}/{report.expected:<4d} "
                    f"best {text}")
 

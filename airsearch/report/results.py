@@ -60,6 +60,7 @@ class ConfigRow:
     times: list[SeedTime] | None = None  # per seed, when it first reached the threshold
     run_id: str = ""  # the configuration's parent run
     logrank_p: float = math.nan  # time to count against the reference's (log-rank)
+    name: str = ""  # the parent run's name in MLflow
 
     @property
     def time_to_count(self) -> TimeToCount | None:
@@ -178,4 +179,39 @@ def _row(run: Any) -> ConfigRow:
         error=tags.get(ERROR_TAG, "").split("\n")[0],
         confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None,
         times=[SeedTime(reached, last) for reached, last in json.loads(tags[TIMES])]
-        if TIMES in tags else None, run_id=run.info.run_id)
+        if TIMES in tags else None, run_id=run.info.run_id, name=run.info.run_name)
+
+
+@dataclass
+class InProgress:
+    """A configuration still training, as its parent run's live metrics tell."""
+
+    name: str
+    config_id: str
+    step: int  # the last evaluation reported
+    steps: int  # the configuration's step budget
+    rate: float  # share of its seeds converged so far
+    low: float
+    high: float
+    started_ms: int
+
+
+def load_progress(tracking_uri: str, name: str) -> list[InProgress]:
+    """The study's configurations that have reported progress but are not complete."""
+    client = MlflowClient(tracking_uri)
+    experiment = experiment_of(client, name)
+    runs = client.search_runs([experiment.experiment_id],
+                              f"tags.`{KIND}` = 'configuration'", max_results=50000)
+    found = []
+    for run in runs:
+        m = run.data.metrics
+        if run.data.tags.get(COMPLETE) == "1" or "progress/convergence_rate" not in m:
+            continue
+        history = client.get_metric_history(run.info.run_id, "progress/convergence_rate")
+        found.append(InProgress(
+            name=run.info.run_name, config_id=run.data.tags.get(CONFIG_ID, "?"),
+            step=max(point.step for point in history),
+            steps=int(run.data.params.get("train.steps", 0)),
+            rate=m["progress/convergence_rate"], low=m.get("progress/wilson_low", math.nan),
+            high=m.get("progress/wilson_high", math.nan), started_ms=run.info.start_time))
+    return found

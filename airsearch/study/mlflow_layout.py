@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from airsearch.evaluation.outcomes import ERROR, OUTCOMES
+from airsearch.training.records import git_commit
 
 STUDY = "airsearch.study"
 KIND = "airsearch.kind"
@@ -30,6 +33,7 @@ TRIAL_COUNT = "airsearch.trial_count"
 STORAGE = "airsearch.storage"  # the study's results folder
 OVERRIDES = "airsearch.overrides"  # a configuration's values, JSON
 ERROR_TAG = "airsearch.error"  # why a configuration failed
+COMMAND = "airsearch.command"  # the command line that created the run
 SET_ASIDE = "airsearch.set_aside"  # a damaged checkpoint its trial set aside, and what then
 BEST = "airsearch.best_config_id"  # on the report run
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
@@ -87,6 +91,32 @@ def runs_view_url(tracking_uri: str, experiment_id: str) -> str:
 
 
 def run_name(overrides: dict[str, Any]) -> str:
-    """A configuration's run name: what it changes (the whole of it), readable in the UI."""
-    text = ", ".join(f"{key}={value}" for key, value in overrides.items()) or "default recipe"
+    """A configuration's short name, readable in a narrow column: the last part of each key it
+    changes (two parts where the last is shared) and short values; its params hold the rest."""
+    if not overrides:
+        return "default recipe"
+    lasts = [key.rsplit(".", 1)[-1] for key in overrides]
+    parts = []
+    for key, value in overrides.items():
+        short = key.rsplit(".", 1)[-1]
+        if lasts.count(short) > 1:
+            short = ".".join(key.split(".")[-2:])
+        parts.append(f"{short}={short_value(value)}")
+    text = ", ".join(parts)
     return text if len(text) <= NAME_LIMIT else text[:NAME_LIMIT - 3] + "..."
+
+
+def short_value(value: Any) -> str:
+    """A float as written when that is short (0.999999, 1e-05), else to 3 significant digits."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        text = repr(value)
+        return text if len(text) <= 8 else f"{value:.3g}"
+    return str(value)
+
+
+def provenance() -> dict[str, str]:
+    """Tags that say which code and which command made a run (MLflow shows the first two on
+    every run page): the git commit, the entry point and the full command line."""
+    return {"mlflow.source.git.commit": git_commit(), "mlflow.source.name": "cli.py",
+            "mlflow.source.type": "LOCAL",
+            COMMAND: "python " + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}

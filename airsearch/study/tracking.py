@@ -58,6 +58,7 @@ from airsearch.study.mlflow_layout import (
     VARIED,
     WALL,
     artifact_location,
+    provenance,
     rates_view,
     run_name,
 )
@@ -123,11 +124,15 @@ class StudyTracker:
                 self._log_missing_params(found[0], params)
                 self._parents[cid] = found[0].info.run_id
             else:
-                tags = {KIND: "configuration", STUDY: self.spec.name, CONFIG_ID: cid,
+                tags = {**provenance(), KIND: "configuration", STUDY: self.spec.name,
+                        CONFIG_ID: cid,
                         TRIAL_ID: trial_id, VARIED: ",".join(self.spec.varied),
                         OVERRIDES: json.dumps(overrides, sort_keys=True)}
-                run = self.client.create_run(self.experiment_id, run_name=run_name(overrides),
-                                             tags=tags)
+                name = run_name(overrides)
+                if self._runs(f"tags.`{KIND}` = 'configuration' and "
+                              f"attributes.run_name = '{name}'"):
+                    name = f"{name} ({cid})"  # short values coincide: the id tells them apart
+                run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
                 self._log_missing_params(run, params)
                 self._parents[cid] = run.info.run_id
         return self.client.get_run(self._parents[cid])
@@ -186,8 +191,8 @@ class StudyTracker:
             found: dict[int, SeedRun] = {}
             for seed in self.spec.seeds:
                 run = existing[seed] if seed in existing else self.client.create_run(
-                    self.experiment_id, run_name=f"{run_name(overrides)} / seed {seed}",
-                    tags={MLFLOW_PARENT_RUN_ID: parent.info.run_id, KIND: "seed",
+                    self.experiment_id, run_name=f"{parent.info.run_name} / seed {seed}",
+                    tags={**provenance(), MLFLOW_PARENT_RUN_ID: parent.info.run_id, KIND: "seed",
                           STUDY: self.spec.name, CONFIG_ID: cid, SEED: str(seed),
                           OUTCOME: RUNNING})
                 self._log_missing_params(run, {**params, "seed": seed})
@@ -335,7 +340,7 @@ def log_report(tracking_uri: str, study: str, paths: list[Path], configurations:
     found = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'report'")
     run_id = (found[0].info.run_id if found else client.create_run(
         experiment.experiment_id, run_name="report",
-        tags={KIND: "report", STUDY: study}).info.run_id)
+        tags={**provenance(), KIND: "report", STUDY: study}).info.run_id)
     for path in paths:
         client.log_artifact(run_id, str(path))
     # Idempotent: a report taken again adds a point only where the study has moved on.

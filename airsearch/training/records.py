@@ -111,7 +111,7 @@ def summarise(config: AIRConfig, data: dict[str, Any], results: list[SeedRecord]
     summary = RunSummary(config=config.to_flat(), data=data, seeds=results,
                          rate=rate_of(results), outcome_counts=counts,
                          steps=config.train.steps, wall_s=wall, status=status,
-                         git_commit=_git_commit())
+                         git_commit=git_commit())
     if out is not None:
         with atomic_write(out / "summary.json") as f:
             f.write(json.dumps(summary.to_dict(), indent=2, default=_json_default).encode())
@@ -127,7 +127,8 @@ def _json_default(value: Any) -> Any:
 
 
 @functools.cache  # summaries are rewritten at every evaluation; the commit does not change
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The commit of the code running, or 'unknown' outside a git checkout."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                               capture_output=True, text=True, timeout=5,
