@@ -151,10 +151,13 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     csv_rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
     assert {float(r["wilson_low"]) for r in csv_rows} == {r.low for r in report.rows}
     assert [r["fisher_p"] for r in csv_rows if r["is_reference"] == "1"] == [""]
-    assert {p.name for p in write_report(uri, report, tmp_path / "report")} >= {
+    written = {p.name for p in write_report(uri, report, tmp_path / "report")}
+    assert written >= {
         "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md",
         "rate_by_configuration.png", "seeds_eval_count_accuracy.png",
-        "confusion_by_configuration.png"}
+        "confusion_by_configuration.png", "rate_by_configuration.pdf"}
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "![rate_by_configuration](rate_by_configuration.png)" in markdown
     for row in report.rows:  # summed over seeds: every held-out image of every seed, once
         assert sum(map(sum, row.confusion)) == row.n * 64
     write_report(uri, report, tmp_path / "report")  # taken twice: the same one report run

@@ -96,6 +96,9 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     """
     spec = _load(spec_path)
     uri = _tracking(tracking_uri)
+    # Logging a result to MLflow takes about a second; Ray Tune would warn of a bottleneck
+    # each time, over the live progress line. Read when Tune is imported, so set first.
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "30")
     from airsearch.study import preflight, runner
 
     if dry_run:

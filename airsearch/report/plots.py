@@ -21,6 +21,12 @@ from airsearch.report.tables import format_value  # noqa: E402
 from airsearch.study.mlflow_layout import CONFIG_ID, KIND, OUTCOME  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """A PNG at print resolution and a PDF beside it, cropped to what is drawn (no label cut)."""
+    fig.savefig(path, dpi=200, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+
+
 def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
     """One figure per varied knob: each configuration's rate with its Wilson interval."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +59,7 @@ def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
         ax.set_title(f"{report.name}: rate vs {key}", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"rate_vs_{key}.png"
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -83,7 +89,7 @@ def plot_configurations(report: StudyReport, out_dir: Path) -> Path | None:
     ax.set_title(f"{report.name}" + (" (grey: reference)" if ref else ""), fontsize=9)
     fig.tight_layout()
     path = out_dir / "rate_by_configuration.png"
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -139,7 +145,7 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"seeds_{metric.replace('/', '_')}.png"
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -178,7 +184,7 @@ def plot_time_to_count(report: StudyReport, out_dir: Path) -> Path | None:
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "time_to_count.png"
-    fig.savefig(path, dpi=150)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -231,6 +237,6 @@ def plot_importances(report: StudyReport, out_dir: Path) -> Path | None:
     ax.set_xlabel("importance for the objective (Optuna, PED-ANOVA)")
     fig.tight_layout()
     path = out_dir / "param_importances.png"
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -29,10 +29,15 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
     importance = plot_importances(report, out_dir)
     if importance is not None:
         paths.append(importance)
+    pictures = [path for path in paths if path.suffix == ".png"]
     for fmt, suffix in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
         path = out_dir / f"report.{suffix}"
-        path.write_text(render(report, fmt))
+        text = render(report, fmt)
+        if fmt == "markdown":  # the figures beside it, shown where the table is read
+            text += "\n\n" + "\n".join(f"![{png.stem}]({png.name})" for png in pictures) + "\n"
+        path.write_text(text)
         paths.append(path)
+    paths += [png.with_suffix(".pdf") for png in pictures if png.with_suffix(".pdf").exists()]
     backfill_time_to_count(tracking_uri, [
         (row.run_id, row.time_to_count, [[t.reached, t.last] for t in row.times or []])
         for row in report.rows])
