@@ -50,6 +50,10 @@ class DataConfig:
                               low=4.0, high=128.0)
     digit_size_jitter: float = _knob(0.0, "relative uniform jitter of digit_size (0.2 = +-20%)",
                                      low=0.0, high=0.9)
+    digit_size_max: float = _knob(0.0, "sizes mixed in one image: each digit's side is drawn "
+                                  "log-uniformly between data.digit_size (the smallest) and this, "
+                                  "pixels; 0: every digit data.digit_size (up to the jitter)",
+                                  low=0.0, high=128.0)
     overlap: str = _knob("avoid", "avoid: patch boxes never intersect (the paper's "
                          "'non-overlapping' digits); allow: digits may overlap (Pyro's generator)",
                          choices=("allow", "avoid"))
@@ -254,9 +258,17 @@ class AIRConfig:
         p = self.prior
         if p.where_scale_rule == "fixed":
             return p.where_scale_loc, p.where_scale_sd
-        factor = (REFERENCE_DIGIT_SIZE / self.data.digit_size) * (
-            self.data.canvas_size / REFERENCE_CANVAS_SIZE)
-        return p.where_scale_loc * factor, p.where_scale_sd * factor
+        d = self.data
+        factor = lambda size: (REFERENCE_DIGIT_SIZE / size) * (  # noqa: E731
+            d.canvas_size / REFERENCE_CANVAS_SIZE)
+        if d.digit_size_max == 0:
+            return p.where_scale_loc * factor(d.digit_size), p.where_scale_sd * factor(d.digit_size)
+        # A range of sizes: the prior's mean halfway between the smallest and the largest
+        # digit's inverse scale, and both within two sd (or the one-size sd, if wider).
+        small, large = p.where_scale_loc * factor(d.digit_size), p.where_scale_loc * factor(
+            d.digit_size_max)
+        middle = (d.digit_size * d.digit_size_max) ** 0.5
+        return (small + large) / 2, max(p.where_scale_sd * factor(middle), (small - large) / 4)
 
     def check_effective(self, keys: Any) -> None:
         """Refuse a key the user set that does nothing under this config (a decay's final
@@ -292,8 +304,7 @@ class AIRConfig:
             raise ConfigError(f"data.max_digits ({self.data.max_digits}) must be <= "
                               f"model.max_steps ({self.model.max_steps}): AIR cannot count past "
                               "its steps")
-        if self.data.digit_size * (1 + self.data.digit_size_jitter) > self.data.canvas_size:
-            raise ConfigError("data.digit_size (with jitter) must fit in data.canvas_size")
+        check_digit_sizes(self.data)
         if self.estimator.kind == "vimco" and self.estimator.particles < 2:
             raise ConfigError(f"estimator.particles ({self.estimator.particles}) must be >= 2 "
                               "with estimator.kind=vimco: its control variate leaves one "
@@ -475,3 +486,18 @@ def _set(config: Any, key: str, value: Any) -> None:
     for part in parents:
         config = getattr(config, part)
     setattr(config, last, value)
+
+
+def check_digit_sizes(data: DataConfig) -> None:
+    """Digit sizes that can be drawn: within the canvas, one way of varying them at a time."""
+    if data.digit_size * (1 + data.digit_size_jitter) > data.canvas_size:
+        raise ConfigError("data.digit_size (with jitter) must fit in data.canvas_size")
+    if data.digit_size_max == 0:
+        return
+    if data.digit_size_jitter > 0:
+        raise ConfigError("data.digit_size_jitter and data.digit_size_max both vary the digit "
+                          "size: set one (data.digit_size_jitter=0 for a range)")
+    if not data.digit_size < data.digit_size_max <= data.canvas_size:
+        raise ConfigError(f"data.digit_size_max ({data.digit_size_max:g}) must be > "
+                          f"data.digit_size ({data.digit_size:g}) and <= data.canvas_size "
+                          f"({data.canvas_size}), or 0 (one size)")

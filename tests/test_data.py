@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airsearch.config import ConfigError, DataConfig
+from airsearch.config import AIRConfig, ConfigError, DataConfig
 from airsearch.data import Digits, fetch_mnist, generate, load_datasets, load_digits
 from airsearch.data.mnist import MNIST_MD5, ChecksumError
 
@@ -270,3 +270,21 @@ def test_fetch_without_network_says_so_in_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "cannot download MNIST" in lines[0]
     assert "offline digit set" in lines[0] and "Traceback" not in result.output
+
+
+def test_a_size_range_mixes_sizes_log_uniformly_in_one_image():
+    square = Digits(np.full((5, 28, 28), 255, np.uint8), np.arange(5), "squares", False)
+    config = DataConfig(min_digits=2, max_digits=2, digit_size=10.0, digit_size_max=21.0,
+                        canvas_size=50, overlap="allow")
+    data = generate(square, 2000, config, seed=0)
+    sides = data.boxes[..., 2] - data.boxes[..., 0]  # (N, 2): a square's box is its patch
+    assert sides.min() == 10 and sides.max() == 21
+    # log-uniform: half the digits below the geometric mean of the ends (sqrt(210) = 14.5)
+    assert np.mean(sides <= 14) == pytest.approx(0.5, abs=0.06)
+    assert np.mean(np.abs(sides[:, 0] - sides[:, 1]) >= 5) > 0.3  # sizes mixed within images
+    assert AIRConfig.from_flat({"data.digit_size": 10.5, "data.digit_size_max": 21.0}
+                               ).where_scale_prior() == (4.5, 0.75)  # frames 21 and 10.5 px
+    with pytest.raises(ConfigError, match="data.digit_size_jitter and data.digit_size_max"):
+        AIRConfig.from_flat({"data.digit_size_max": 30.0, "data.digit_size_jitter": 0.2})
+    with pytest.raises(ConfigError, match=r"data.digit_size_max \(15\) must be > data.digit_size"):
+        AIRConfig.from_flat({"data.digit_size_max": 15.0})

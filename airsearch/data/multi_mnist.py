@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from airsearch.atomic import atomic_write
-from airsearch.config import ConfigError, DataConfig, check_value
+from airsearch.config import ConfigError, DataConfig, check_digit_sizes, check_value
 from airsearch.data.mnist import Digits, cache_dir, load_digits
 
 logger = logging.getLogger("airsearch.data")
@@ -125,12 +125,20 @@ def load_heldout_of(config: DataConfig, digits: int, mnist_dir: str | None = Non
     return heldout
 
 
+ADDED_LATER = {"digit_size_max": 0.0}  # data knob -> its default
+
+
 def cache_key(config: DataConfig, train: Digits, heldout: Digits) -> str:
     """Short hash of the config, the digits' content and the format: what decides the arrays."""
     digest = hashlib.sha256()
     for part in (train.images, train.labels, heldout.images, heldout.labels):
         digest.update(np.ascontiguousarray(part).tobytes())
-    canonical = json.dumps({"format": FORMAT_VERSION, "config": dataclasses.asdict(config),
+    fields = dataclasses.asdict(config)
+    # Knobs added later are left out at their default, so existing caches keep their keys.
+    for name, default in ADDED_LATER.items():
+        if fields[name] == default:
+            del fields[name]
+    canonical = json.dumps({"format": FORMAT_VERSION, "config": fields,
                             "digits": digest.hexdigest()}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -141,8 +149,7 @@ def _validate(config: DataConfig) -> None:
     if config.min_digits > config.max_digits:
         raise ConfigError(f"data.min_digits ({config.min_digits}) must be <= "
                           f"data.max_digits ({config.max_digits})")
-    if config.digit_size * (1 + config.digit_size_jitter) > config.canvas_size:
-        raise ConfigError("data.digit_size (with jitter) must fit in data.canvas_size")
+    check_digit_sizes(config)
 
 
 def _derived_seed(seed: int, stream: int) -> int:
@@ -175,8 +182,12 @@ def _layout(rng: np.random.Generator, present: np.ndarray, config: DataConfig
 def _draw(rng: np.random.Generator, shape: tuple[int, int], config: DataConfig
           ) -> tuple[np.ndarray, np.ndarray]:
     jitter, canvas = config.digit_size_jitter, config.canvas_size
-    scale = rng.uniform(1 - jitter, 1 + jitter, shape)
-    sizes = np.clip(np.rint(config.digit_size * scale), 4, canvas).astype(np.int64)
+    if config.digit_size_max:  # a range: log-uniform, so halving and doubling are as likely
+        low, high = np.log(config.digit_size), np.log(config.digit_size_max)
+        sides = np.exp(rng.uniform(low, high, shape))
+    else:
+        sides = config.digit_size * rng.uniform(1 - jitter, 1 + jitter, shape)
+    sizes = np.clip(np.rint(sides), 4, canvas).astype(np.int64)
     high = (canvas - sizes + 1)[..., None]  # same bound for x and y
     corners = np.floor(rng.random((*shape, 2)) * high).astype(np.int64)
     return sizes, corners
