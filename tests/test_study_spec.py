@@ -244,3 +244,28 @@ def test_values_that_pass_alone_but_cannot_work_are_refused(tmp_path: Path, trai
                                                             convergence: dict, said: str) -> None:
     with pytest.raises(SpecError, match=said):
         load_spec(write(tmp_path, with_(training=training, convergence=convergence)))
+
+
+def test_a_study_tried_small_runs_apart_from_the_full_one(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = STUDIES / "output_init.yaml"
+    full = load_spec(path)
+    small = load_spec(path, {"steps": 500, "seeds": 2, "set": {"data.train_images": "2048"}})
+    assert small.name.startswith("output_init-try-") and small.storage != full.storage
+    assert (small.steps, small.seeds, small.fixed["data.train_images"]) == (500, (0, 1), 2048)
+    assert small.configurations() == full.configurations()
+    other = load_spec(path, {"steps": 400})
+    assert other.name not in (small.name, full.name)  # another trial run, another study
+    result = CliRunner().invoke(main, ["study", "launch", str(path), "--steps", "500",
+                                       "--seeds", "2", "--set", "data.train_images=2048",
+                                       "--dry-run"])
+    assert result.exit_code == 0 and f"as study {small.name}" in result.output
+    assert "training: 500 steps" in result.output
+    refused = CliRunner().invoke(main, ["study", "launch", str(path), "--set",
+                                        "prior.z_pres.final=1e-3", "--dry-run"])
+    assert refused.exit_code == 1
+    assert "prior.z_pres.final has no effect here" in refused.output

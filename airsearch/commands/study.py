@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from airsearch.config import ConfigError, parse_assignments
 from airsearch.study.spec import SpecError, StudySpec, config_id
 from airsearch.study.spec_file import load_spec
 
@@ -57,9 +58,9 @@ def study() -> None:
     """
 
 
-def _load(path: str) -> StudySpec:
+def _load(path: str, trial_run: dict[str, object] | None = None) -> StudySpec:
     try:
-        return load_spec(path)
+        return load_spec(path, trial_run)
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -82,9 +83,17 @@ def _load(path: str) -> StudySpec:
               help="delete this study's results (Ray, Optuna, MLflow runs) and start over")
 @click.option("--yes", is_flag=True, help="do not ask before --restart deletes results")
 @click.option("--quiet", is_flag=True, help="no live progress line")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Try the study small: add a fixed config key (repeatable). With --set, "
+              "--steps or --seeds the study runs as NAME-try-<hash>, apart from the full one.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Try the study small: training steps per seed.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Try the study small: seeds per configuration (0..K-1).")
 def launch(spec_path: str, address: str | None, tracking_uri: str | None,
            max_concurrent: int | None, num_cpus: int | None, num_gpus: int | None,
-           dry_run: bool, restart: bool, yes: bool, quiet: bool) -> None:
+           dry_run: bool, restart: bool, yes: bool, quiet: bool,
+           assignments: tuple[str, ...], steps: int | None, seeds: int | None) -> None:
     """Run the study in SPEC, or resume it if its results already exist.
 
     \b
@@ -93,8 +102,16 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
       python cli.py study launch studies/prior_annealing.yaml --dry-run
       python cli.py study launch studies/search.yaml --address auto
       python cli.py study launch studies/quickstart.yaml --restart --yes
+      python cli.py study launch studies/output_init.yaml --steps 500 --seeds 2   # try it small
     """
-    spec = _load(spec_path)
+    try:
+        sets = parse_assignments(assignments)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
+    trial_run = {k: v for k, v in (("set", sets), ("steps", steps), ("seeds", seeds)) if v}
+    spec = _load(spec_path, trial_run or None)
+    if trial_run:
+        click.echo(f"trying {spec_path} small as study {spec.name} (storage {spec.storage})")
     uri = _tracking(tracking_uri)
     # Logging a result to MLflow takes about a second; Ray Tune would warn of a bottleneck
     # each time, over the live progress line. Read when Tune is imported, so set first.

@@ -50,6 +50,7 @@ that then coincide are trained once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -105,8 +106,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study file; raises SpecError naming the file and the field."""
+def load_spec(path: str | Path, trial_run: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a study file; raises SpecError naming the file and the field.
+
+    trial_run ({"set": {key: value}, "steps": N, "seeds": K}, each optional) tries the study
+    small: the changes are applied to the file's content and validated like it, and the study
+    gets a name and storage of its own (the name plus a hash of the changes), so its results
+    never mix with the full study's.
+    """
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -121,7 +128,26 @@ def load_spec(path: str | Path) -> StudySpec:
                         "is YAML") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+    if trial_run:
+        raw = _tried_small(raw, trial_run)
     return parse_spec(raw, path=str(path), question=_header(path))
+
+
+def _tried_small(raw: Any, changes: dict[str, Any]) -> Any:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return raw  # parse_spec names what is wrong with the file itself
+    tag = hashlib.sha1(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()
+    name = f"{raw['name']}-try-{tag[:6]}"
+    doc = {**raw, "name": name}
+    if changes.get("set"):
+        doc["config"] = {**(raw.get("config") or {}), **changes["set"]}
+    if changes.get("steps") is not None:
+        doc["training"] = {**(raw.get("training") or {}), "steps": changes["steps"]}
+    if changes.get("seeds") is not None:
+        doc["seeds"] = changes["seeds"]
+    if isinstance(raw.get("storage"), str):
+        doc["storage"] = f"{raw['storage'].rstrip('/')}-try-{tag[:6]}"
+    return doc
 
 
 def _one_line(exc: yaml.YAMLError) -> str:
