@@ -188,6 +188,16 @@ def test_optuna_study(tmp_path: Path, local_ray: None) -> None:
     values = sorted(t.value for t in study.trials if t.state.name == "COMPLETE")
     assert len(values) == 3
     assert values == pytest.approx(sorted(p.data.metrics["objective"] for p in parents))
+    assert study.metric_names == ["convergence rate + 0.001 x mean eval/count_accuracy "
+                                  "(tie-break)"]
+    by_config = {p.data.tags["airsearch.config_id"]: p for p in parents}
+    for trial in study.trials:  # each Optuna trial says which configuration and what it got
+        parent = by_config[trial.user_attrs["config_id"]]
+        assert trial.user_attrs["converged"] == parent.data.metrics["converged"]
+        assert trial.user_attrs["seeds_done"] == 2
+        assert trial.user_attrs["wilson_low"] <= trial.user_attrs["convergence_rate"] <= \
+            trial.user_attrs["wilson_high"]
+        assert set(trial.intermediate_values) == {10, 20}  # keyed by training step
 
 
 def test_fractional_gpus_pack_four_trials(tmp_path: Path, local_ray: None) -> None:

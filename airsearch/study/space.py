@@ -20,9 +20,11 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from airsearch.study.spec import Dimension, StudySpec
+from airsearch.study.spec import TIE_BREAK_WEIGHT, Dimension, StudySpec
 
 OBJECTIVE = "objective"
+TRIAL_ATTRIBUTES = ("config_id", "converged", "seeds_done", "convergence_rate", "wilson_low",
+                    "wilson_high")  # copied from a trial's final result onto its Optuna trial
 OPTUNA_FILE = "optuna.db"
 
 
@@ -57,6 +59,34 @@ def optuna_storage_url(spec: StudySpec) -> str:
     return f"sqlite:///{Path(spec.storage) / OPTUNA_FILE}"
 
 
+class StudySearch(OptunaSearch):
+    """OptunaSearch whose Optuna study reads like the airsearch study: the objective named,
+    intermediate values keyed by training step, and each trial's result (config id, k of n
+    seeds converged, Wilson bounds) as user attributes. Module level: Tune pickles it."""
+
+    def __init__(self, objective_name: str, **kwargs: Any) -> None:
+        self.objective_name = objective_name  # read by _setup_study, which __init__ calls
+        super().__init__(**kwargs)
+
+    def _setup_study(self, mode: str | list) -> None:
+        super()._setup_study(mode)
+        self._ot_study.set_metric_names([self.objective_name])
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or "step" not in result:
+            return
+        self._ot_trials[trial_id].report(result[self.metric], int(result["step"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if result and trial_id not in self._completed_trials:
+            trial = self._ot_trials[trial_id]
+            for key in TRIAL_ATTRIBUTES:
+                if key in result:
+                    trial.set_user_attr(key, result[key])
+        super().on_trial_complete(trial_id, result, error)
+
+
 def optuna_searcher(spec: StudySpec) -> OptunaSearch:
     """OptunaSearch with the study's seeded sampler, warm-start points and sqlite storage."""
     if spec.sampler == "tpe":
@@ -64,7 +94,10 @@ def optuna_searcher(spec: StudySpec) -> OptunaSearch:
     else:
         sampler = optuna.samplers.RandomSampler(seed=spec.sampler_seed)
     Path(spec.storage).mkdir(parents=True, exist_ok=True)
-    return OptunaSearch(
+    tie_break = ("" if spec.tie_break == "none"
+                 else f" + {TIE_BREAK_WEIGHT:g} x mean {spec.tie_break} (tie-break)")
+    return StudySearch(
+        objective_name=f"convergence rate{tie_break}",
         space=DefineByRun(spec.space),
         metric=OBJECTIVE,
         mode="max",
