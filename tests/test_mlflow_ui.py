@@ -16,6 +16,8 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
+from airsearch.report.publish import write_report
+from airsearch.report.results import load_report
 from airsearch.study import runner
 from airsearch.study.mlflow_layout import run_name, runs_view_url
 from airsearch.study.spec_file import load_spec
@@ -56,6 +58,7 @@ def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path) -> 
         assert runner.launch(spec, uri, show_progress=False).finished == 2
     finally:
         ray.shutdown()
+    write_report(uri, load_report(uri, "ui"), tmp_path / "report")  # as the launch does
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(port)],
@@ -75,6 +78,14 @@ def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path) -> 
         for overrides in spec.configurations():
             assert run_name(overrides) in page
         assert "/ seed 0" not in page  # seed runs are filtered out of this view
+        # The report run's artifacts: the figures that compare the configurations.
+        (report,) = MlflowClient(uri).search_runs([experiment.experiment_id],
+                                                  "tags.`airsearch.kind` = 'report'")
+        page = dom(f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs/"
+                   f"{report.info.run_id}/artifacts")
+        for figure in ("rate_by_configuration.png", "time_to_count.png",
+                       "seeds_eval_count_accuracy.png"):
+            assert figure in page
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -121,6 +121,7 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     if dry_run:
         click.echo(runner.plan_text(spec, uri, max_concurrent))
         return
+    from airsearch.report.publish import write_report
     from airsearch.report.results import load_report
     from airsearch.report.tables import render
     from airsearch.study.tracking import StudyTracker
@@ -136,9 +137,13 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
                f"in {outcome.wall_s:.0f} s")
     report = load_report(uri, spec.name)
     click.echo(render(report, "table"))
+    # The figures that compare configurations (rates with their intervals, time to count,
+    # accuracy curves per configuration) go onto the study's MLflow report run at once.
+    folder = Path(spec.storage) / "report"
+    write_report(uri, report, folder)
     tracking = "" if uri == _tracking(None) else f" --tracking-uri {uri}"
-    click.echo(f"\nnext: python cli.py study report {spec.name}{tracking}   (figures, "
-               "time to count, tests)")
+    click.echo(f"\nreport: {folder / 'report.md'} and its figures, also on the MLflow run "
+               f"'report'; again later: python cli.py study report {spec.name}{tracking}")
     click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
     # A study with configurations left to train is not an answer: say so in the exit code.
     if spec.mode == "grid":
