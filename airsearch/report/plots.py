@@ -18,7 +18,7 @@ from airsearch.evaluation.figures import confusion_figure  # noqa: E402
 from airsearch.evaluation.outcomes import ACCURACY  # noqa: E402
 from airsearch.report.results import ConfigRow, StudyReport, experiment_of  # noqa: E402
 from airsearch.report.tables import format_value  # noqa: E402
-from airsearch.study.mlflow_layout import CONFIG_ID, KIND, OUTCOME  # noqa: E402
+from airsearch.study.mlflow_layout import CONFIG_ID, KIND, OUTCOME, run_name  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -160,16 +160,17 @@ def plot_time_to_count(report: StudyReport, out_dir: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    names = _distinct_names(rows)
     for i, row in enumerate(rows):
         curve = row.time_to_count
         assert curve is not None
         colour = "black" if row is ref else f"C{i % 10}"
         steps = [0.0, *curve.steps]
-        label = f"{_title(row)}{' [ref]' if row is ref else ''}: median {curve.median_text()}"
+        label = (f"{textwrap.shorten(names[row.config_id], 60)}{' [ref]' if row is ref else ''}"
+                 f": median {curve.median_text()}")
         if row is not ref and not math.isnan(row.logrank_p):
             label += f", log-rank p {row.logrank_p:.2g}"
-        ax.step(steps, [0.0, *curve.reached], where="post", color=colour, lw=1.5,
-                label=textwrap.shorten(label, 90))
+        ax.step(steps, [0.0, *curve.reached], where="post", color=colour, lw=1.5, label=label)
         ax.fill_between(steps, [0.0, *curve.low], [0.0, *curve.high], step="post",
                         color=colour, alpha=0.08)
         censored = [t.last for t in row.times or [] if t.reached is None]
@@ -201,9 +202,19 @@ def plot_confusions(report: StudyReport, out_dir: Path) -> Path | None:
                             out_dir / "confusion_by_configuration.png")
 
 
+def _distinct_names(rows: list[ConfigRow]) -> dict[str, str]:
+    """Per config id, its name without the key=value parts every row shares: a legend entry
+    says what tells it apart."""
+    parts = {row.config_id: _title(row).split(", ") for row in rows}
+    changed = [set(p) for p in parts.values() if any("=" in part for part in p)]
+    shared = set.intersection(*changed) if len(changed) > 1 else set()
+    return {cid: ", ".join(p for p in ps if p not in shared) or ", ".join(ps)
+            for cid, ps in parts.items()}
+
+
 def _title(row: ConfigRow) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in row.values.items()) or \
-        "(fixed config)"
+    """The configuration's MLflow run name (its keys in the study file's order)."""
+    return row.name or run_name(row.values)
 
 
 def _ranks(x: list[float]) -> list[int]:

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from airsearch.report.results import ConfigRow, StudyReport
+from airsearch.study.mlflow_layout import short_value
 
 
 def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
@@ -65,8 +66,9 @@ def _csv_row(report: StudyReport, row: ConfigRow) -> dict[str, Any]:
 
 
 def format_value(value: Any) -> str:
-    """A knob's value as a cell: floats to 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A knob's value as a cell: as written when short (0.999999 stays 0.999999), else to 3
+    significant digits; the same as in run names."""
+    return short_value(value)
 
 
 def render(report: StudyReport, fmt: str) -> str:
