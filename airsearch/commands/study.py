@@ -168,8 +168,8 @@ def _launch_locked(spec: StudySpec, uri: str, address: str | None, max_concurren
 
     if not restart:
         runner.check_same_tracking(spec, uri)
-    preflight.check_tracking(uri)
     preflight.check_address(address)
+    preflight.check_tracking(uri)  # last: it creates a local store not there yet
     if restart and (runner.has_results(spec) or any(Path(spec.storage).glob("[!.]*"))):
         if not yes:
             click.confirm(f"delete {spec.storage} and the MLflow runs of study "
