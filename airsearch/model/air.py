@@ -199,8 +199,10 @@ class AIR(nn.Module):
         kl_what = normal_kl(inference.what_loc, inference.what_sd, 0.0, 1.0).sum(-1)
         posterior = inference.num_steps
         prior = NumSteps(torch.full_like(inference.pres_logits, schedule.z_pres_prior_logit))
+        kl_steps = kl_where + kl_what
         return ElboTerms(log_lik=log_lik, blurred_fit=coarse, kl_where=kl_where, kl_what=kl_what,
-                         present=present, kl_objects=((kl_where + kl_what) * present).sum(-1),
+                         kl_steps=kl_steps, present=present,
+                         kl_objects=(kl_steps * present).sum(-1),
                          z_pres_posterior=posterior, z_pres_prior=prior,
                          kl_z_pres=posterior.kl(prior))
 

@@ -91,16 +91,12 @@ class ElboTerms:
     blurred_fit: torch.Tensor  # (R, B) the early blurred comparison (AIR.blurred_fit), or 0
     kl_where: torch.Tensor    # (R, B, K) KL of each step's z_where, present or not
     kl_what: torch.Tensor     # (R, B, K) KL of each step's z_what, likewise
+    kl_steps: torch.Tensor    # (R, B, K) their sum, computed once
     present: torch.Tensor     # (R, B, K) 0/1 mask of the first n steps
     kl_objects: torch.Tensor  # (R, B) KLs of the present steps
     z_pres_posterior: NumSteps  # the guide's distribution of the number of objects
     z_pres_prior: NumSteps      # the z_pres prior at this step
     kl_z_pres: torch.Tensor     # (R, B) KL(posterior || prior) of the z_pres chain, analytic
-
-    @property
-    def kl_steps(self) -> torch.Tensor:
-        """(R, B, K) what + where KL of each step, present or not."""
-        return self.kl_where + self.kl_what
 
     @property
     def elbo(self) -> torch.Tensor:
