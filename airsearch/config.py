@@ -55,8 +55,10 @@ class DataConfig:
                                   "pixels; 0: every digit data.digit_size (up to the jitter)",
                                   low=0.0, high=128.0)
     overlap: str = _knob("avoid", "avoid: patch boxes never intersect (the paper's "
-                         "'non-overlapping' digits); allow: digits may overlap (Pyro's generator)",
-                         choices=("allow", "avoid"))
+                         "'non-overlapping' digits); boxes: boxes may intersect, strokes may not "
+                         "add up past full ink (Pyro's generator, which redraws such images); "
+                         "allow: digits overlap freely, crossing strokes clipped at full ink",
+                         choices=("avoid", "boxes", "allow"))
     train_images: int = _knob(60000, "generated training images", low=64,
                               high=10_000_000)
     heldout_images: int = _knob(1000, "generated held-out images (from held-out digits)",
@@ -87,6 +89,12 @@ class ModelConfig:
                                        "moving to model.likelihood_sd_final", low=0.0, high=1.0)
     likelihood_sd_end: float = _knob(0.6, "fraction of train.steps at which the sd reaches "
                                      "model.likelihood_sd_final", low=0.0, high=1.0)
+    composition: str = _knob("auto", "how the written glimpses make the canvas: sum (the "
+                             "paper); saturate: min(1, sum), as data.overlap=allow adds "
+                             "overlapping digits' ink and clips it at full ink, so two strokes "
+                             "that cross are not drawn twice as dark; auto: saturate under "
+                             "data.overlap=allow, sum otherwise",
+                             choices=("auto", "sum", "saturate"))
     residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
@@ -269,6 +277,12 @@ class AIRConfig:
             d.digit_size_max)
         middle = (d.digit_size * d.digit_size_max) ** 0.5
         return (small + large) / 2, max(p.where_scale_sd * factor(middle), (small - large) / 4)
+
+    def saturates(self) -> bool:
+        """Whether the canvas is clipped at full ink, after model.composition."""
+        if self.model.composition == "auto":
+            return self.data.overlap == "allow"
+        return self.model.composition == "saturate"
 
     def check_effective(self, keys: Any) -> None:
         """Refuse a key the user set that does nothing under this config (a decay's final

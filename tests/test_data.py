@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -228,6 +229,25 @@ def test_overlap_avoid(offline):
                             overlap="avoid")
     with pytest.raises(ConfigError, match="overlap"):
         generate(offline[0], 10, impossible, seed=0)
+
+
+def test_overlap_boxes_lets_boxes_cross_but_never_strokes(offline):
+    """Pyro's rule: boxes may intersect, but no pixel's summed ink passes full ink; images
+    where it would are redrawn, so nothing is clipped."""
+    def squares(ink: int) -> Digits:
+        return Digits(np.full((5, 28, 28), ink, np.uint8), np.arange(5), "squares", False)
+
+    config = DataConfig(min_digits=2, max_digits=2, digit_size=10.0, canvas_size=32,
+                        overlap="boxes")
+    dark = generate(squares(200), 300, config, seed=0)  # 200 + 200 > 255: never touch
+    assert not any(boxes_intersect(b[0], b[1]) for b in dark.boxes)
+    faint = generate(squares(120), 300, config, seed=0)  # 120 + 120 fits: may cross, summed
+    crossing = [boxes_intersect(b[0], b[1]) for b in faint.boxes]
+    assert sum(crossing) > 30
+    assert set(np.unique(faint.images)) == {0, 120, 240}
+    digits = generate(offline[0], 500, dataclasses.replace(config, digit_size=21.0,
+                                                           canvas_size=50), seed=0)
+    assert sum(boxes_intersect(b[0], b[1]) for b in digits.boxes) > 50
 
 
 # --- data sets and their cache ---------------------------------------------------------------

@@ -156,6 +156,39 @@ def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
                                torch.tensor([[to_norm(22), to_norm(6)]] * 2))
 
 
+@pytest.mark.parametrize("overlap, composition, saturates", [
+    ("avoid", "auto", False), ("boxes", "auto", False), ("allow", "auto", True),
+    ("avoid", "saturate", True), ("allow", "sum", False)])
+def test_composition_follows_the_data_unless_set(overlap, composition, saturates):
+    """model.composition=auto clips the canvas exactly when the data clips crossing ink."""
+    config = _config(data__overlap=overlap, model__composition=composition)
+    assert config.saturates() is saturates
+
+
+@pytest.mark.parametrize("composition", ["sum", "saturate"])
+def test_saturated_canvas_draws_crossing_strokes_once(composition):
+    """Three white glimpses written on one spot: summed, the spot is three times full ink and
+    the image (clipped at full ink, as data.overlap=allow makes it) fits badly; saturated, the
+    canvas is that image and fits it exactly."""
+    m = AIR(_config(model__composition=composition, model__where_proposal="none",
+                    init__head_weight_scale=0.0, init__decoder_bias=20.0), [0])
+    torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
+    x = torch.zeros(1, 1, m.canvas, m.canvas)
+    noise = Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu"))
+    noise.pres.fill_(0.0)  # every step present
+    inference = m.infer(x, noise)
+    canvas, _ = m.render(inference)
+    image = canvas.detach().clamp(max=1.0)
+    fit = m.elbo_terms(image, m.infer(image, noise), SCHEDULE).log_lik
+    best = m.elbo_terms(canvas.detach(), m.infer(canvas.detach(), noise), SCHEDULE).log_lik
+    if composition == "sum":
+        assert float(canvas.detach().max()) == pytest.approx(3.0, abs=1e-3)
+        assert float(fit) < float(best) - 1000.0
+    else:
+        assert float(canvas.detach().max()) == 1.0
+        assert float(fit) == pytest.approx(float(best))
+
+
 def test_pytorch_init_leaves_defaults():
     """scheme=pytorch keeps framework-default init; air differs only in the output layers."""
     air, plain = AIR(_config(), [0, 1]), AIR(_config(init__scheme="pytorch"), [0, 1])

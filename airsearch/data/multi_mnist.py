@@ -71,17 +71,22 @@ def generate(digits: Digits, n: int, config: DataConfig, seed: int) -> MultiMNIS
     present = np.arange(slots) < counts[:, None]  # (n, slots)
     which = np.where(present, rng.integers(0, len(digits), size=(n, slots)), -1)
     sizes, corners = _layout(rng, present, config)
-
-    images = np.zeros((n, config.canvas_size, config.canvas_size), np.uint8)
-    boxes = np.full((n, slots, 4), np.nan, np.float32)
-    for size in np.unique(sizes[present]):
-        rows, cols = np.nonzero(present & (sizes == size))
-        used, inverse = np.unique(which[rows, cols], return_inverse=True)
-        patches = _resize(digits.images[used], int(size))[inverse]
-        boxes[rows, cols] = _ink_boxes(patches) + np.tile(corners[rows, cols], 2)
-        for slot in range(slots):  # one patch per image and slot: no index collides
-            pick = cols == slot
-            _add_clipped(images, patches[pick], rows[pick], corners[rows[pick], slot])
+    ink, boxes = _render(digits, which, present, sizes, corners, config.canvas_size)
+    if config.overlap == "boxes":  # redraw the layouts of images whose strokes add past full
+        crossing = ink.max(axis=(1, 2)) > 255
+        for _ in range(PLACEMENT_TRIES):
+            if not crossing.any():
+                break
+            rows = np.nonzero(crossing)[0]
+            sizes[rows], corners[rows] = _draw(rng, (len(rows), slots), config)
+            ink[rows], boxes[rows] = _render(digits, which[rows], present[rows], sizes[rows],
+                                             corners[rows], config.canvas_size)
+            crossing[rows] = ink[rows].max(axis=(1, 2)) > 255
+        if crossing.any():
+            raise ConfigError(f"could not place {config.max_digits} digits of side "
+                              f"~{config.digit_size:g} px without crossing strokes after "
+                              f"{PLACEMENT_TRIES} tries; use data.overlap=allow")
+    images = np.minimum(ink, 255).astype(np.uint8)  # crossing ink saturates, never wraps
     labels = np.where(present, digits.labels[np.maximum(which, 0)], -1).astype(np.int64)
     return MultiMNIST(images, counts.astype(np.int64), boxes, labels)
 
@@ -162,10 +167,11 @@ def _layout(rng: np.random.Generator, present: np.ndarray, config: DataConfig
     """Side and top-left (x, y) of every patch: uniform, with the patch fully inside the canvas.
 
     With overlap="avoid", whole images (sizes and positions) are redrawn until no two patch
-    boxes intersect, which samples uniformly among the non-overlapping layouts.
+    boxes intersect, which samples uniformly among the non-overlapping layouts ("boxes" redraws
+    later, once the ink is known).
     """
     sizes, corners = _draw(rng, present.shape, config)
-    if config.overlap == "allow":
+    if config.overlap != "avoid":
         return sizes, corners
     bad = _intersecting(corners, sizes, present)
     for _ in range(PLACEMENT_TRIES):
@@ -230,18 +236,34 @@ def _ink_boxes(patches: np.ndarray) -> np.ndarray:
     return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
 
 
-def _add_clipped(images: np.ndarray, patches: np.ndarray, rows: np.ndarray,
-                 corners: np.ndarray) -> None:
-    """images[row, y:y+s, x:x+s] = min(255, images[...] + patch), for distinct rows."""
+def _render(digits: Digits, which: np.ndarray, present: np.ndarray, sizes: np.ndarray,
+            corners: np.ndarray, canvas: int) -> tuple[np.ndarray, np.ndarray]:
+    """(summed ink (n, H, W) uint16, not yet clipped; ink boxes (n, slots, 4)) of n layouts."""
+    n, slots = present.shape
+    ink = np.zeros((n, canvas, canvas), np.uint16)
+    boxes = np.full((n, slots, 4), np.nan, np.float32)
+    for size in np.unique(sizes[present]):
+        rows, cols = np.nonzero(present & (sizes == size))
+        used, inverse = np.unique(which[rows, cols], return_inverse=True)
+        patches = _resize(digits.images[used], int(size))[inverse]
+        boxes[rows, cols] = _ink_boxes(patches) + np.tile(corners[rows, cols], 2)
+        for slot in range(slots):  # one patch per image and slot: no index collides
+            pick = cols == slot
+            _add(ink, patches[pick], rows[pick], corners[rows[pick], slot])
+    return ink, boxes
+
+
+def _add(ink: np.ndarray, patches: np.ndarray, rows: np.ndarray, corners: np.ndarray) -> None:
+    """ink[row, y:y+s, x:x+s] += patch, for distinct rows."""
     if len(rows) == 0:
         return
-    canvas, size = images.shape[-1], patches.shape[-1]
+    canvas, size = ink.shape[-1], patches.shape[-1]
     offsets = np.arange(size)
     ys = corners[:, 1, None] + offsets  # (m, size)
     xs = corners[:, 0, None] + offsets
     flat = (rows[:, None, None] * canvas + ys[:, :, None]) * canvas + xs[:, None, :]
-    view = images.reshape(-1)
-    view[flat] = np.minimum(view[flat].astype(np.uint16) + patches, 255).astype(np.uint8)
+    view = ink.reshape(-1)
+    view[flat] += patches
 
 
 def _read(path: os.PathLike) -> tuple[MultiMNIST, MultiMNIST]:

@@ -6,7 +6,8 @@ Reads top-down in the order data flows:
           -> spatial transformer reads a glimpse -> glimpse encoder -> z_what; presence head
           -> per-step presence logits -> number of objects n (truncated geometric, NumSteps)
   model:  z_what -> glimpse decoder -> spatial transformer writes it -> canvas = sum of the
-          first n written glimpses -> Gaussian pixel likelihood; Normal priors on what/where,
+          first n written glimpses (clipped at full ink under model.composition=saturate)
+          -> Gaussian pixel likelihood; Normal priors on what/where,
           NumSteps prior with the annealed success probability.
 The loss is the negative ELBO plus REINFORCE for the discrete n, with a neural baseline; early
 in training it may also compare blurred images (model.blur_px), which the ELBO reported leaves
@@ -43,6 +44,7 @@ class AIR(nn.Module):
         R = len(seeds)
         self.replicas, self.canvas, self.glimpse = R, d.canvas_size, m.glimpse_size
         self.steps, self.z_what_size = m.max_steps, m.z_what_size
+        self.saturates = config.saturates()
         pixels, glimpse_pixels = d.canvas_size ** 2, m.glimpse_size ** 2
         mlp = dict(width=m.mlp_width, depth=m.mlp_depth, act=m.activation)
 
@@ -129,7 +131,7 @@ class AIR(nn.Module):
         for k in range(K):
             # What this step sees. Every step's drawing is subtracted, present or not, so the
             # presence logits still depend on the continuous latents alone.
-            seen = x - drawn if residual else x
+            seen = x - self.compose(drawn) if residual else x
             if residual:
                 encoded = self.input_encoder(seen.reshape(R, B, H * W))
             # z_pres is not an LSTM input: the presence logits of all K steps are then
@@ -184,7 +186,13 @@ class AIR(nn.Module):
             written = write_glimpse(glimpses.view(-1, G, G), inference.z_where.reshape(-1, 3),
                                     H).view(R, B, K, H, H)
         presence = inference.present if presence is None else presence
-        return (written * presence[..., None, None]).sum(dim=2), glimpses
+        return self.compose((written * presence[..., None, None]).sum(dim=2)), glimpses
+
+    def compose(self, summed: torch.Tensor) -> torch.Tensor:
+        """The canvas from the sum of written glimpses: clipped at full ink when the data clips
+        overlapping digits' ink (model.composition), so crossing strokes are not drawn twice
+        as dark as the image shows them."""
+        return summed.clamp(max=1.0) if self.saturates else summed
 
     def elbo_terms(self, x: torch.Tensor, inference: Inference, schedule: Schedule
                    ) -> ElboTerms:
