@@ -193,6 +193,7 @@ def test_optuna_study(tmp_path: Path, local_ray: None) -> None:
     by_config = {p.data.tags["airsearch.config_id"]: p for p in parents}
     for trial in study.trials:  # each Optuna trial says which configuration and what it got
         parent = by_config[trial.user_attrs["config_id"]]
+        assert trial.user_attrs["mlflow_run_id"] == parent.info.run_id
         assert trial.user_attrs["converged"] == parent.data.metrics["converged"]
         assert trial.user_attrs["seeds_done"] == 2
         assert trial.user_attrs["wilson_low"] <= trial.user_attrs["convergence_rate"] <= \

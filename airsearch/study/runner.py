@@ -230,7 +230,7 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
             param_space={} if optuna else grid_param_space(left),
             tune_config=tune.TuneConfig(
                 metric=OBJECTIVE, mode="max",
-                search_alg=optuna_searcher(spec) if optuna else None,
+                search_alg=optuna_searcher(spec, tracking_uri) if optuna else None,
                 num_samples=spec.budget if optuna else 1,
                 max_concurrent_trials=max_concurrent or spec.max_concurrent,
                 reuse_actors=True),

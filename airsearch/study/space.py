@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from airsearch.study.mlflow_layout import CONFIG_ID, KIND
 from airsearch.study.spec import TIE_BREAK_WEIGHT, Dimension, StudySpec
 
 OBJECTIVE = "objective"
@@ -64,8 +66,10 @@ class StudySearch(OptunaSearch):
     intermediate values keyed by training step, and each trial's result (config id, k of n
     seeds converged, Wilson bounds) as user attributes. Module level: Tune pickles it."""
 
-    def __init__(self, objective_name: str, **kwargs: Any) -> None:
+    def __init__(self, objective_name: str, tracking_uri: str, experiment: str,
+                 **kwargs: Any) -> None:
         self.objective_name = objective_name  # read by _setup_study, which __init__ calls
+        self.tracking_uri, self.experiment = tracking_uri, experiment  # to find run ids
         super().__init__(**kwargs)
 
     def _setup_study(self, mode: str | list) -> None:
@@ -84,10 +88,27 @@ class StudySearch(OptunaSearch):
             for key in TRIAL_ATTRIBUTES:
                 if key in result:
                     trial.set_user_attr(key, result[key])
+            run_id = self._mlflow_run_id(result.get("config_id"))
+            if run_id:
+                trial.set_user_attr("mlflow_run_id", run_id)
         super().on_trial_complete(trial_id, result, error)
 
+    def _mlflow_run_id(self, cid: str | None) -> str | None:
+        """The configuration's MLflow parent run (made by the tracker at its first result);
+        None for a searcher pickled before it knew the store."""
+        if cid is None or not hasattr(self, "tracking_uri"):
+            return None
+        client = MlflowClient(self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id],
+                                  f"tags.`{KIND}` = 'configuration' and "
+                                  f"tags.`{CONFIG_ID}` = '{cid}'", max_results=1)
+        return runs[0].info.run_id if runs else None
 
-def optuna_searcher(spec: StudySpec) -> OptunaSearch:
+
+def optuna_searcher(spec: StudySpec, tracking_uri: str) -> OptunaSearch:
     """OptunaSearch with the study's seeded sampler, warm-start points and sqlite storage."""
     if spec.sampler == "tpe":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
@@ -98,6 +119,8 @@ def optuna_searcher(spec: StudySpec) -> OptunaSearch:
                  else f" + {TIE_BREAK_WEIGHT:g} x mean {spec.tie_break} (tie-break)")
     return StudySearch(
         objective_name=f"convergence rate{tie_break}",
+        tracking_uri=tracking_uri,
+        experiment=spec.name,
         space=DefineByRun(spec.space),
         metric=OBJECTIVE,
         mode="max",
