@@ -14,7 +14,8 @@ ESTIMATORS = ("reinforce", "vimco", "relaxed")  # the rows `diagnose gradients` 
 
 @click.group()
 def diagnose() -> None:
-    """Diagnostics of AIR: gradient variance of the estimators, the first step's value."""
+    """Diagnostics of AIR: gradient variance of the estimators, the first step's value, how
+    overlapping digits are counted."""
 
 
 @diagnose.command(epilog="""\b
@@ -148,3 +149,54 @@ def _rows(assignments: tuple[str, ...]) -> list[dict[str, str]]:
     for key, options in values.items():
         rows = [{**row, key: option} for row in rows for option in options]
     return rows
+
+
+@diagnose.command("overlap", epilog="""\b
+Examples:
+  python cli.py train --seeds 0-3 --steps 3000 --set data.overlap=allow --out runs/overlap
+  python cli.py diagnose overlap runs/overlap""")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--mnist-dir", type=click.Path(exists=True, file_okay=False),
+              envvar="AIRSEARCH_MNIST_DIR", help="Directory with the MNIST IDX files.")
+def overlap(run_dir: Path, mnist_dir: str | None) -> None:
+    """How a trained DAIR run counts two-digit held-out images, split by how the digits lie.
+
+    Groups: apart (ink boxes do not meet), boxes cross, strokes cross (summed ink clipped).
+    Per group: the share read as each count; ink the first two steps leave unexplained and
+    ink they over-draw (pixels, mean per image); where each step's window is centred: in both
+    digits' boxes, in one, or in neither (airsearch/diagnostics/overlap.py). Writes
+    RUN_DIR/overlap.json.
+    """
+    from airsearch.data import load_datasets
+    from airsearch.diagnostics.overlap import WHERE, overlap_rows
+    from airsearch.model.air import AIR
+    from airsearch.training.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint_file
+
+    try:
+        saved = read_checkpoint_file(run_dir / CHECKPOINT)
+        config = AIRConfig.from_flat(saved["config"])
+    except (CheckpointError, ConfigError, FileNotFoundError) as err:
+        raise click.UsageError(str(err)) from None
+    if not config.model.residual_input:
+        raise click.UsageError("model.residual_input is false in this run: the diagnosis "
+                               "reads what each DAIR step drew")
+    model = AIR(config, saved["seeds"])
+    model.load_state_dict(saved["model"])
+    _, heldout, info = load_datasets(config.data, mnist_dir=mnist_dir)
+    rows = overlap_rows(model, heldout)
+    click.echo(f"{run_dir}: step {saved['step']}, seeds {saved['seeds']}, data.overlap="
+               f"{config.data.overlap}, canvas {'saturated' if config.saturates() else 'summed'}"
+               f"; held-out two-digit images ({info.source})")
+    counts = range(config.model.max_steps + 1)
+    click.echo(f"{'layout':<14} {'images':>6} " + " ".join(f"{'read ' + str(k):>7}" for k in counts)
+               + f" {'missed':>7} {'overdrawn':>9}  window centre per step ("
+               + " / ".join(WHERE) + ")")
+    for row in rows:
+        places = "  ".join("/".join(f"{v:.2f}" for v in step.values()) for step in row.window)
+        click.echo(f"{row.group:<14} {row.images:>6} "
+                   + " ".join(f"{row.read_as[k]:>7.2f}" for k in counts)
+                   + f" {row.missed_ink:>7.1f} {row.overdrawn_ink:>9.1f}  {places}")
+    (run_dir / "overlap.json").write_text(json.dumps(
+        {"step": saved["step"], "seeds": saved["seeds"], "data": info.source,
+         "rows": [row.to_dict() for row in rows]}, indent=2))
+    click.echo(f"wrote {run_dir / 'overlap.json'}")

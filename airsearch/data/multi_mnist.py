@@ -28,7 +28,7 @@ logger = logging.getLogger("airsearch.data")
 FORMAT_VERSION = 1
 PLACEMENT_TRIES = 1000
 RESIZE_CHUNK = 8192
-ARRAYS = ("images", "counts", "boxes", "labels")
+ARRAYS = ("images", "counts", "boxes", "labels", "crossed")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class MultiMNIST:
     counts: np.ndarray  # (N,) int64 number of digits
     boxes: np.ndarray  # (N, max_digits, 4) float32 (x0, y0, x1, y1); nan past counts
     labels: np.ndarray  # (N, max_digits) int64 digit classes; -1 past counts
+    crossed: np.ndarray  # (N,) int64 pixels where digits' summed ink passed full ink (clipped)
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -88,7 +89,8 @@ def generate(digits: Digits, n: int, config: DataConfig, seed: int) -> MultiMNIS
                               f"{PLACEMENT_TRIES} tries; use data.overlap=allow")
     images = np.minimum(ink, 255).astype(np.uint8)  # crossing ink saturates, never wraps
     labels = np.where(present, digits.labels[np.maximum(which, 0)], -1).astype(np.int64)
-    return MultiMNIST(images, counts.astype(np.int64), boxes, labels)
+    crossed = (ink > 255).sum(axis=(1, 2)).astype(np.int64)
+    return MultiMNIST(images, counts.astype(np.int64), boxes, labels, crossed)
 
 
 def load_datasets(config: DataConfig, mnist_dir: str | None = None
@@ -268,6 +270,8 @@ def _add(ink: np.ndarray, patches: np.ndarray, rows: np.ndarray, corners: np.nda
 
 def _read(path: os.PathLike) -> tuple[MultiMNIST, MultiMNIST]:
     with np.load(path) as data:
+        if "train_crossed" not in data.files:
+            raise KeyError("written before the 'crossed' array was kept")
         return tuple(MultiMNIST(*(data[f"{split}_{name}"] for name in ARRAYS))
                      for split in ("train", "heldout"))
 

@@ -1,0 +1,94 @@
+"""Why a trained AIR miscounts two-digit images: split by how the two digits lie.
+
+Groups of held-out two-digit images: `apart` (their ink boxes do not meet), `boxes cross`
+(the boxes intersect, no stroke crosses another) and `strokes cross` (some pixel's summed ink
+passed full ink and was clipped; only under data.overlap=allow). Per group: how the images
+are counted, what is left unexplained after the first two steps (ink the canvas misses and ink
+it over-draws), and where each step's window is centred: inside both digits' boxes (between
+two digits that overlap), inside one, or on neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from airsearch.data.multi_mnist import MultiMNIST
+from airsearch.evaluation.heldout import deterministic_inference
+from airsearch.model.air import AIR
+from airsearch.model.spatial import box_pixels
+
+GROUPS = ("apart", "boxes cross", "strokes cross")
+WHERE = ("both boxes", "one box", "neither")  # where a window's centre lies
+
+
+@dataclass
+class GroupRow:
+    """One layout group, over every replica (rates are means over replicas)."""
+
+    group: str
+    images: int
+    read_as: dict[int, float]      # count -> share of the group's images read as it
+    missed_ink: float              # ink pixels the first two steps' canvas leaves unexplained
+    overdrawn_ink: float           # ink pixels the canvas draws where the image has none
+    window: list[dict[str, float]]  # per step: share of present windows centred per WHERE
+
+    def to_dict(self) -> dict[str, object]:
+        return {"group": self.group, "images": self.images,
+                "read_as": {str(k): v for k, v in self.read_as.items()},
+                "missed_ink": self.missed_ink, "overdrawn_ink": self.overdrawn_ink,
+                "window": self.window}
+
+
+def layout_groups(data: MultiMNIST) -> np.ndarray:
+    """(N,) index into GROUPS for two-digit images, -1 for the others."""
+    boxes = data.boxes[:, :2]  # (N, 2, 4)
+    lo, hi = boxes[:, :, :2], boxes[:, :, 2:]
+    meet = np.all((lo[:, 0] < hi[:, 1]) & (lo[:, 1] < hi[:, 0]), axis=-1)
+    group = np.where(data.crossed > 0, 2, np.where(meet, 1, 0))
+    return np.where(data.counts == 2, group, -1)
+
+
+@torch.no_grad()
+def overlap_rows(model: AIR, data: MultiMNIST) -> list[GroupRow]:
+    """The table of the module docstring for `model` (DAIR: it reads what each step drew)."""
+    model.eval()
+    groups = layout_groups(data)
+    rows = []
+    for index, name in enumerate(GROUPS):
+        pick = np.nonzero(groups == index)[0]
+        if len(pick) == 0:
+            continue
+        x = torch.from_numpy(data.images[pick]).to(torch.float32).div_(255.0)
+        x = x.unsqueeze(0).expand(model.replicas, *x.shape)
+        inference = deterministic_inference(model, x)
+        counts = inference.n  # (R, B)
+        read_as = {k: float((counts == k).double().mean()) for k in range(model.steps + 1)}
+        drawn = model.compose(inference.written[:, :, :2].sum(dim=2))  # (R, B, H, W)
+        missed = (x - drawn).clamp(min=0).sum((-1, -2)).mean()
+        overdrawn = (drawn - x).clamp(min=0).sum((-1, -2)).mean()
+        window = _window_places(inference.z_where, inference.present.bool(),
+                                torch.from_numpy(data.boxes[pick, :2]), model.canvas)
+        rows.append(GroupRow(name, len(pick), read_as, float(missed), float(overdrawn), window))
+    return rows
+
+
+def _window_places(z_where: torch.Tensor, present: torch.Tensor, digit_boxes: torch.Tensor,
+                   canvas: int) -> list[dict[str, float]]:
+    """Per step, the share of its present windows centred in both digits' ink boxes, in one,
+    or in neither."""
+    windows = box_pixels(z_where, canvas)  # (R, B, K, 4)
+    centre = (windows[..., :2] + windows[..., 2:]) / 2  # (R, B, K, 2)
+    boxes = digit_boxes[None, :, None]  # (1, B, 1, 2, 4)
+    c = centre.unsqueeze(-2)  # (R, B, K, 1, 2)
+    inside = ((c >= boxes[..., :2]) & (c < boxes[..., 2:])).all(-1).sum(-1)  # (R, B, K)
+    places = []
+    for k in range(z_where.shape[2]):
+        on = present[:, :, k]
+        total = int(on.sum())
+        places.append({where: (float(((inside[:, :, k] == 2 - i) & on).sum()) / total
+                               if total else float("nan"))
+                       for i, where in enumerate(WHERE)})
+    return places
