@@ -29,6 +29,10 @@ RENAMED = {
 }
 
 
+# How long and how often a run trains and is measured: not part of a recipe's name.
+RUN_LENGTH_KEYS = ("train.steps", "train.eval_every", "data.train_images", "data.heldout_images")
+
+
 class ConfigError(ValueError):
     """A config key or value is not allowed; the message names the key and the allowed values."""
 
@@ -291,6 +295,16 @@ class AIRConfig:
             for prefix, (enabled, needs) in _ENABLED_BY.items():
                 if key.startswith(prefix) and key not in _ALWAYS and not enabled(self):
                     raise ConfigError(f"{key} has no effect here: it needs {needs}")
+
+    def label(self) -> str:
+        """What this config changes from the defaults, short (figure titles): the last part
+        of each changed key with its value; how long it trains is left out."""
+        defaults = AIRConfig().to_flat()
+        changed = [f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float)
+                   else f"{key.rsplit('.', 1)[-1]}={value}"
+                   for key, value in self.to_flat().items()
+                   if value != defaults[key] and key not in RUN_LENGTH_KEYS]
+        return ", ".join(changed) or "default recipe"
 
     def to_flat(self) -> dict[str, Any]:
         """All knobs as {dotted key: value}."""

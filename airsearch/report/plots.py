@@ -14,17 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen firs
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
-from airsearch.evaluation.figures import confusion_figure  # noqa: E402
+from airsearch.evaluation.figures import confusion_figure, save_figure  # noqa: E402
 from airsearch.evaluation.outcomes import ACCURACY  # noqa: E402
 from airsearch.report.results import ConfigRow, StudyReport, experiment_of  # noqa: E402
 from airsearch.report.tables import format_value  # noqa: E402
 from airsearch.study.mlflow_layout import CONFIG_ID, KIND, OUTCOME, run_name  # noqa: E402
-
-
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    """A PNG at print resolution and a PDF beside it, cropped to what is drawn (no label cut)."""
-    fig.savefig(path, dpi=200, bbox_inches="tight")
-    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
 
 
 def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
@@ -43,14 +37,16 @@ def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
             levels = sorted({str(v) for v in values})
             x = [levels.index(str(v)) for v in values]
         fig, ax = plt.subplots(figsize=(5, 3.5))
+        log = numeric and min(x) > 0 and max(x) / min(x) >= 10  # spans a decade: log-sampled
         # Configurations sharing a value differ in other knobs: spread them a little.
-        spread = [i * 0.02 * (max(x) - min(x) or 1) for i in _ranks(x)]
-        xs = [a + b for a, b in zip(x, spread, strict=True)]
+        if log:
+            xs = [a * 1.04 ** i for a, i in zip(x, _ranks(x), strict=True)]
+            ax.set_xscale("log")
+        else:
+            xs = [a + i * 0.02 * (max(x) - min(x) or 1) for a, i in zip(x, _ranks(x), strict=True)]
         rates = [r.rate for r in rows]
         err = [[r.rate - r.low for r in rows], [r.high - r.rate for r in rows]]
         ax.errorbar(xs, rates, yerr=err, fmt="o", capsize=3)
-        if numeric and min(x) > 0 and max(x) / min(x) > 100:
-            ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(levels)), levels, rotation=20)
         ax.set_ylim(-0.05, 1.05)
@@ -60,7 +56,6 @@ def plot_rates(report: StudyReport, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         path = out_dir / f"rate_vs_{key}.png"
         save_figure(fig, path)
-        plt.close(fig)
         paths.append(path)
     return paths
 
@@ -90,7 +85,6 @@ def plot_configurations(report: StudyReport, out_dir: Path) -> Path | None:
     fig.tight_layout()
     path = out_dir / "rate_by_configuration.png"
     save_figure(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -132,6 +126,8 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
         ax.set_title(textwrap.fill(_title(row) + (" [ref]" if row is ref else ""), 60),
                      fontsize=6)
         ax.tick_params(labelsize=7)
+        if metric == ACCURACY and not math.isnan(row.threshold):
+            ax.axhline(row.threshold, color="grey", lw=0.6, ls="--", label="threshold")
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
     for col in range(cols):  # the lowest panel of each column, so the legend never covers it
@@ -146,7 +142,6 @@ def plot_seed_curves(tracking_uri: str, report: StudyReport, metric: str, out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"seeds_{metric.replace('/', '_')}.png"
     save_figure(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -186,7 +181,6 @@ def plot_time_to_count(report: StudyReport, out_dir: Path) -> Path | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "time_to_count.png"
     save_figure(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -249,5 +243,4 @@ def plot_importances(report: StudyReport, out_dir: Path) -> Path | None:
     fig.tight_layout()
     path = out_dir / "param_importances.png"
     save_figure(fig, path)
-    plt.close(fig)
     return path

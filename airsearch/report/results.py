@@ -61,6 +61,7 @@ class ConfigRow:
     run_id: str = ""  # the configuration's parent run
     logrank_p: float = math.nan  # time to count against the reference's (log-rank)
     name: str = ""  # the parent run's name in MLflow
+    threshold: float = math.nan  # eval.threshold its seeds were judged at
 
     @property
     def time_to_count(self) -> TimeToCount | None:
@@ -179,7 +180,8 @@ def _row(run: Any) -> ConfigRow:
         error=tags.get(ERROR_TAG, "").split("\n")[0],
         confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None,
         times=[SeedTime(reached, last) for reached, last in json.loads(tags[TIMES])]
-        if TIMES in tags else None, run_id=run.info.run_id, name=run.info.run_name)
+        if TIMES in tags else None, run_id=run.info.run_id, name=run.info.run_name,
+        threshold=float(run.data.params.get("eval.threshold", "nan")))
 
 
 @dataclass

@@ -8,6 +8,7 @@ so far -> figures -> one SeedRecord per seed, labelled by airsearch.evaluation.o
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -342,18 +343,20 @@ def _draw_figures(run: _Run, model: AIR, seeds: list[int], last: Evaluation | No
     canvas, _ = model.render(inference)
     boxes = box_pixels(inference.z_where, model.canvas)
     presence = torch.sigmoid(inference.pres_logits)
+    recipe = textwrap.shorten(run.config.label(), 110)
     for r in which:
         seed = seeds[r]
+        name = f"seed {seed} ({recipe})"
         folder = run.out / f"seed_{seed}"
         if torch.isfinite(canvas[r]).all():
             paths[r] = str(reconstruction_figure(
                 images.cpu().numpy(), canvas[r].cpu().numpy(), boxes[r].cpu().numpy(),
-                presence[r].cpu().numpy(), f"seed {seed}", folder / "reconstruction.png"))
+                presence[r].cpu().numpy(), name, folder / "reconstruction.png"))
         if last is not None and located is not None:  # the final evaluation saw these weights
             attention_figure(located.centres[r].numpy(), located.present[r].numpy(),
-                             model.canvas, f"seed {seed}: where each step attends (held-out)",
+                             model.canvas, f"{name}: where each step attends (held-out)",
                              folder / "attention.png")
             confusion_figure([last.confusion[r].tolist()],
-                             [f"seed {seed}: counts on held-out images"],
+                             [textwrap.fill(f"{name}: counts on held-out images", 50)],
                              folder / "confusion.png")
     return paths
