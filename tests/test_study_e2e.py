@@ -431,3 +431,34 @@ def test_configuration_killed_midway_resumes_from_its_checkpoint(tmp_path: Path)
                            for row in history], sort_keys=True)
 
     assert without_wall_time(resumed["history"]) == without_wall_time(alone.seeds[0].history)
+
+
+def test_asha_stops_a_configuration_clearly_behind(tmp_path: Path, local_ray: None,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    """Steps always off (reads 0: a third of the images right) against steps always on
+    (reads 3: none right): at the first rung the second is below the first and stops; its
+    seeds are still counted, labelled at their last evaluation, and nothing is retrained."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(tmp_path, "pruned", {"mode": "grid", "configurations": [
+        {"init.presence_bias": -20.0}, {"init.presence_bias": 20.0}]}, steps=40,
+        scheduler={"kind": "asha", "grace": 0.25, "reduction_factor": 2}, max_concurrent=1)
+    assert "early stopping: ASHA at step 10 and every x2" in runner.plan_text(spec, uri, None)
+    outcome = runner.launch(spec, uri, show_progress=False)
+    assert (outcome.trials, outcome.finished, outcome.stopped, outcome.errored) == (2, 1, 1, 0)
+    assert "[pruned] stopped early at step 10: presence_bias=20.0" in capfd.readouterr().out
+    parents = {p.data.params["init.presence_bias"]: p for p in runs(uri, spec.name,
+                                                                     "configuration")}
+    stopped = parents["20.0"]
+    assert stopped.data.tags["airsearch.stopped_early_at_step"] == "10"
+    assert stopped.data.tags["airsearch.complete"] == "1"
+    assert stopped.data.metrics["seeds_done"] == 2  # every seed counted
+    assert "airsearch.stopped_early_at_step" not in parents["-20.0"].data.tags
+    kids = [r for r in runs(uri, spec.name, "seed")
+            if r.data.tags["mlflow.parentRunId"] == stopped.info.run_id]
+    assert sorted(k.data.tags["airsearch.outcome"] for k in kids) == ["collapsed_to_max"] * 2
+    row = next(r for r in load_report(uri, spec.name).rows if r.stopped_early_at is not None)
+    assert (row.k, row.n, row.stopped_early_at) == (0, 2, 10)
+    assert "stopped early at step 10" in render(load_report(uri, spec.name), "table")
+    assert not list((Path(spec.storage) / "trials").glob("*/checkpoint.pt"))
+    again = runner.launch(spec, uri, show_progress=False)
+    assert again.newly_logged == 0  # nothing trained again, nothing logged twice

@@ -133,7 +133,9 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     except preflight.PreflightError as exc:
         raise click.ClickException(str(exc)) from None
     errored = f", {outcome.errored} errored (launch again to retry)" if outcome.errored else ""
-    click.echo(f"{outcome.finished}/{outcome.trials} trials finished{errored} "
+    stopped = (f", {outcome.stopped} stopped early by the scheduler" if outcome.stopped
+               else "")
+    click.echo(f"{outcome.finished}/{outcome.trials} trials finished{stopped}{errored} "
                f"in {outcome.wall_s:.0f} s")
     report = load_report(uri, spec.name)
     click.echo(render(report, "table"))

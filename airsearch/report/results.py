@@ -26,6 +26,7 @@ from airsearch.study.mlflow_layout import (
     MODE,
     OVERRIDES,
     REFERENCE,
+    STOPPED_EARLY,
     STORAGE,
     STUDY,
     TIMES,
@@ -62,6 +63,7 @@ class ConfigRow:
     logrank_p: float = math.nan  # time to count against the reference's (log-rank)
     name: str = ""  # the parent run's name in MLflow
     threshold: float = math.nan  # eval.threshold its seeds were judged at
+    stopped_early_at: int | None = None  # the step at which the study's scheduler stopped it
 
     @property
     def time_to_count(self) -> TimeToCount | None:
@@ -181,7 +183,8 @@ def _row(run: Any) -> ConfigRow:
         confusion=json.loads(tags[CONFUSION]) if CONFUSION in tags else None,
         times=[SeedTime(reached, last) for reached, last in json.loads(tags[TIMES])]
         if TIMES in tags else None, run_id=run.info.run_id, name=run.info.run_name,
-        threshold=float(run.data.params.get("eval.threshold", "nan")))
+        threshold=float(run.data.params.get("eval.threshold", "nan")),
+        stopped_early_at=int(tags[STOPPED_EARLY]) if STOPPED_EARLY in tags else None)
 
 
 @dataclass

@@ -36,6 +36,8 @@ def _cells(report: StudyReport, row: ConfigRow) -> dict[str, str]:
                       "logrank_p": "-" if math.isnan(row.logrank_p) else f"{row.logrank_p:.3g}"})
     if row.error:
         cells["outcomes"] += f" ({row.error[:60]})"
+    if row.stopped_early_at is not None:
+        cells["outcomes"] += f" (stopped early at step {row.stopped_early_at})"
     return cells
 
 
@@ -61,6 +63,7 @@ def _csv_row(report: StudyReport, row: ConfigRow) -> dict[str, Any]:
         "median_steps_to_threshold": "" if (curve := row.time_to_count) is None
         or curve.median is None else curve.median,
         "logrank_p": "" if math.isnan(row.logrank_p) else row.logrank_p,
+        "stopped_early_at": "" if row.stopped_early_at is None else row.stopped_early_at,
         "error": row.error})
     return cells
 

@@ -36,6 +36,7 @@ ERROR_TAG = "airsearch.error"  # why a configuration failed
 COMMAND = "airsearch.command"  # the command line that created the run
 SET_ASIDE = "airsearch.set_aside"  # a damaged checkpoint its trial set aside, and what then
 BEST = "airsearch.best_config_id"  # on the report run
+STOPPED_EARLY = "airsearch.stopped_early_at_step"  # the scheduler stopped the configuration
 ALL_OUTCOMES = (*OUTCOMES, ERROR)
 CONFUSION = "airsearch.confusion"  # a configuration's count confusion, summed over seeds
 TIMES = "airsearch.time_to_count"  # per seed [first step at the threshold or null, last step]

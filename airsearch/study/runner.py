@@ -33,6 +33,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from airsearch.study.preflight import PreflightError, join_error, unreadable_ray_state
 from airsearch.study.space import (
@@ -44,8 +45,9 @@ from airsearch.study.space import (
 )
 from airsearch.study.spec import StudySpec, config_id
 from airsearch.study.tracking import StudyTracker
-from airsearch.study.trial import run_trial
+from airsearch.study.trial import TRIALS_DIR, run_trial, stopped_metrics
 from airsearch.study.tune_callback import MlflowCallback
+from airsearch.training.checkpoint import CHECKPOINT
 
 RAY_DIR = "ray"
 LAUNCH_LOCK = ".launch.lock"  # held by the launch running this study
@@ -62,6 +64,7 @@ class LaunchOutcome:
     resumed: bool
     trials: int
     finished: int
+    stopped: int  # stopped early by the study's scheduler, seeds judged where they stopped
     errored: int
     newly_logged: int
     wall_s: float
@@ -223,7 +226,7 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
             complete = tracker.complete_ids()
             left = [c for c in spec.configurations() if config_id(c) not in complete]
             if not left:
-                return LaunchOutcome(resumed=False, trials=0, finished=0, errored=0,
+                return LaunchOutcome(resumed=False, trials=0, finished=0, stopped=0, errored=0,
                                      newly_logged=0, wall_s=time.time() - started, results=[])
         tuner = tune.Tuner(
             trainable,
@@ -231,6 +234,7 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
             tune_config=tune.TuneConfig(
                 metric=OBJECTIVE, mode="max",
                 search_alg=optuna_searcher(spec, tracking_uri) if optuna else None,
+                scheduler=early_stopper(spec),
                 num_samples=spec.budget if optuna else 1,
                 max_concurrent_trials=max_concurrent or spec.max_concurrent,
                 reuse_actors=True),
@@ -244,10 +248,25 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
     grid = tuner.fit()
     results = [result.metrics or {} for result in grid]
     finished = [m for m in results if m.get("finished")]
-    newly = sum(tracker.log_final(m["trial_id"], m) for m in finished)
+    stopped = [stopped_metrics(spec, m) for m in results
+               if not m.get("finished") and "seeds_json" in m]
+    newly = sum(tracker.log_final(m["trial_id"], m) for m in finished + stopped)
+    for cid in tracker.complete_ids():  # a stopped configuration's weights are not kept
+        (Path(spec.storage) / TRIALS_DIR / cid / CHECKPOINT).unlink(missing_ok=True)
     return LaunchOutcome(resumed=resumed, trials=len(results), finished=len(finished),
-                         errored=len(results) - len(finished), newly_logged=newly,
-                         wall_s=time.time() - started, results=results)
+                         stopped=len(stopped), errored=len(results) - len(finished + stopped),
+                         newly_logged=newly, wall_s=time.time() - started, results=results)
+
+
+def early_stopper(spec: StudySpec) -> ASHAScheduler | None:
+    """Ray Tune's ASHA on the objective so far (study file `scheduler`), or None (FIFO)."""
+    stop = spec.early_stopping
+    if stop.kind == "none":
+        return None
+    # stop_last_trials=False: a configuration that reaches the last step reports its result.
+    return ASHAScheduler(time_attr="step", max_t=spec.steps,
+                         grace_period=stop.grace_steps(spec.steps, spec.eval_every),
+                         reduction_factor=stop.reduction_factor, stop_last_trials=False)
 
 
 class ProgressCallback(tune.Callback):
@@ -312,6 +331,7 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended.add(trial.trial_id)
+        self.reached[trial.trial_id] = self.steps  # done, also when stopped early
         self._show(trials, final=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -346,6 +366,12 @@ def plan_text(spec: StudySpec, tracking_uri: str, max_concurrent: int | None) ->
                      f"budget {spec.budget}):")
         lines += [f"  {dim.key}: {dim.describe()}" for dim in spec.space]
         lines += [f"  first point: {json.dumps(p)}" for p in spec.points_to_evaluate]
+    stop = spec.early_stopping
+    if stop.kind == "asha":
+        first = stop.grace_steps(spec.steps, spec.eval_every)
+        lines.append(f"early stopping: ASHA at step {first:,} and every x{stop.reduction_factor} "
+                     f"after; below the top 1/{stop.reduction_factor} of the objective so far "
+                     "stops, its seeds judged at their last evaluation")
     concurrent = max_concurrent or spec.max_concurrent
     lines += [f"trials: {spec.trial_count} (one per configuration; {spec.trial_count} x "
               f"{len(spec.seeds)} = {spec.trial_count * len(spec.seeds)} seed runs)",

@@ -32,6 +32,25 @@ OWNED_KEYS = {"train.steps": "training.steps", "train.eval_every": "training.eva
               "eval.threshold": "convergence.threshold", "eval.hold": "convergence.hold"}
 
 
+SCHEDULERS = ("none", "asha")
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Ray Tune's ASHA over configurations: at `grace` of the run, and at grace x
+    reduction_factor^k after it, a configuration whose objective so far is below the top
+    1/reduction_factor of those that reached that step stops; its seeds are judged at their
+    last evaluation, like seeds a verdict stopped."""
+
+    kind: str = "none"
+    grace: float = 0.25  # fraction of training.steps before the first rung
+    reduction_factor: int = 2
+
+    def grace_steps(self, steps: int, eval_every: int) -> int:
+        """The first rung, in steps: never before the first evaluation."""
+        return max(eval_every, round(self.grace * steps))
+
+
 class SpecError(ValueError):
     """A study file is invalid; the message names the file, the field and what is allowed."""
 
@@ -88,6 +107,7 @@ class StudySpec:
     max_concurrent: int = 1
     storage: str = ""
     reference: dict[str, Any] | None = None
+    early_stopping: EarlyStopping = EarlyStopping()
     question: str = field(default="", compare=False)
 
     def base_flat(self) -> dict[str, Any]:

@@ -38,6 +38,8 @@ Schema (every AIR knob is a dotted key of `airsearch.config.AIRConfig`):
         train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}   # type follows the knob
         model.mlp_depth: {low: 1, high: 3}
         init.where_loc: [prior, zero]                      # categorical
+    scheduler: {kind: asha, grace: 0.25, reduction_factor: 2}  # stop configurations whose
+                                     # seeds are clearly behind (Ray Tune ASHA); default none
     resources: {cpus: 1, gpus: 0}    # per trial; fractional gpus pack trials on one GPU
     max_concurrent: 2
     storage: ./runs/prior_annealing  # default ./runs/<name>, relative to the launch cwd
@@ -65,15 +67,17 @@ from airsearch.study.spec import (
     MODES,
     OWNED_KEYS,
     SAMPLERS,
+    SCHEDULERS,
     TIE_BREAKS,
     Dimension,
+    EarlyStopping,
     SpecError,
     StudySpec,
     config_id,
 )
 
 TOP_LEVEL = ("name", "config", "seeds", "training", "convergence", "objective", "search",
-             "reference", "resources", "max_concurrent", "storage")
+             "reference", "scheduler", "resources", "max_concurrent", "storage")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 MAX_NAME = 200  # names an MLflow experiment (at most 500 characters) and a folder
 
@@ -212,6 +216,7 @@ def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
                "(0 < gpus <= 1) or a whole number")
     max_concurrent = int(v.number(doc.get("max_concurrent", 1), "max_concurrent", low=1,
                                   integer=True))
+    early_stopping = v.early_stopping(doc.get("scheduler", {}))
     storage = doc.get("storage", f"./runs/{name}")
     if not isinstance(storage, str) or not storage:
         v.fail("storage", f"{storage!r} is not allowed; allowed: a folder path")
@@ -239,7 +244,8 @@ def parse_spec(raw: Any, path: str = "<spec>", question: str = "") -> StudySpec:
                      mode=mode, space=space, cpus=cpus, gpus=gpus,
                      max_concurrent=max_concurrent, storage=str(Path(storage).expanduser()
                                                                 .resolve()),
-                     listed=listed, question=question, **extra)
+                     listed=listed, question=question, early_stopping=early_stopping,
+                     **extra)
     v.whole_configs(spec)
     return dataclasses.replace(spec, reference=v.reference(doc.get("reference"), spec))
 
@@ -287,6 +293,24 @@ class _Validator:
         except ConfigError as exc:
             self.fail(where, str(exc))
         return value
+
+    def early_stopping(self, raw: Any) -> EarlyStopping:
+        doc = self.mapping(raw, "scheduler", ("kind", "grace", "reduction_factor"))
+        kind = doc.get("kind", "none")
+        if kind not in SCHEDULERS:
+            self.fail("scheduler.kind", f"{kind!r} is not allowed; allowed: one of "
+                      + ", ".join(SCHEDULERS))
+        if kind == "none":
+            if set(doc) - {"kind"}:
+                self.fail("scheduler", "grace and reduction_factor need scheduler.kind: asha")
+            return EarlyStopping()
+        grace = self.number(doc.get("grace", 0.25), "scheduler.grace", low=0.0, low_open=True)
+        if grace >= 1:
+            self.fail("scheduler.grace", f"{grace!r} is not allowed; allowed: a fraction of "
+                      "training.steps in (0, 1)")
+        factor = int(self.number(doc.get("reduction_factor", 2), "scheduler.reduction_factor",
+                                 low=2, integer=True))
+        return EarlyStopping(kind, grace, factor)
 
     def fixed_config(self, raw: Any) -> dict[str, Any]:
         config = self.mapping(raw, "config", tuple(self.specs))

@@ -50,6 +50,7 @@ from airsearch.study.mlflow_layout import (
     SEED,
     SET_ASIDE,
     SHARE_REACHED,
+    STOPPED_EARLY,
     STORAGE,
     STUDY,
     TIMES,
@@ -264,6 +265,8 @@ class StudyTracker:
             tags.append(RunTag(CONFUSION, json.dumps(np.sum(matrices, axis=0).tolist())))
         if times:
             tags.append(RunTag(TIMES, json.dumps([[t.reached, t.last] for t in times])))
+        if result.get("stopped_early_at"):
+            tags.append(RunTag(STOPPED_EARLY, str(result["stopped_early_at"])))
         if result.get("resumed_from_step"):
             tags.append(RunTag("airsearch.resumed_from_step", str(result["resumed_from_step"])))
         self.client.log_batch(run_id, tags=tags)

@@ -57,6 +57,8 @@ from airsearch.training.checkpoint import (
 from airsearch.training.records import EvalRecord, SeedRecord, rate_of
 
 TRIALS_DIR = "trials"
+PLACEMENT_KEYS = ("config_id", "node_id", "node_ip", "hostname", "gpu_ids", "started_at",
+                  "resumed_from_step", "set_aside")
 LOCK = ".lock"
 
 
@@ -81,6 +83,9 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
                      "convergence_rate": rate.value, "wilson_low": rate.low,
                      "wilson_high": rate.high, "step": record.step, "finished": 0,
                      "per_seed": {str(int(row["seed"])): row for row in rows},
+                     # every seed labelled as if training stopped here: what an early stop
+                     # (the study's scheduler) records
+                     "seeds_json": json.dumps([rec.to_json() for rec in record.seeds]),
                      **placement})
 
     try:
@@ -190,6 +195,18 @@ def final_metrics(spec: StudySpec, overrides: dict[str, Any], seeds: list[SeedRe
             "overrides_json": json.dumps(overrides, sort_keys=True),
             "seeds_json": json.dumps([rec.to_json() for rec in seeds]),
             "artifacts_json": json.dumps(artifacts), **placement}
+
+
+def stopped_metrics(spec: StudySpec, result: dict[str, Any]) -> dict[str, Any]:
+    """The final report of a configuration the scheduler stopped, from its last progress
+    report: every seed counted, labelled at its last evaluation; no figures."""
+    overrides = overrides_from_params(result["config"])
+    seeds = seeds_of(result)
+    done = {rec.seed for rec in seeds}
+    seeds += [SeedRecord.error(s) for s in spec.seeds if s not in done]  # never began
+    metrics = final_metrics(spec, overrides, seeds, "", {}, {
+        key: result[key] for key in result if key in PLACEMENT_KEYS})
+    return {**metrics, "trial_id": result["trial_id"], "stopped_early_at": int(result["step"])}
 
 
 def _relative_figure(record: SeedRecord, out_dir: Path) -> SeedRecord:

@@ -6,8 +6,11 @@ from typing import Any
 
 from ray import tune
 
+from airsearch.study.mlflow_layout import run_name
+from airsearch.study.space import OBJECTIVE, overrides_from_params
 from airsearch.study.spec import StudySpec
 from airsearch.study.tracking import StudyTracker
+from airsearch.study.trial import stopped_metrics
 
 
 class MlflowCallback(tune.Callback):
@@ -35,8 +38,16 @@ class MlflowCallback(tune.Callback):
             self.tracker.log_progress(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.last_result.get("finished"):
-            self.tracker.log_final(trial.trial_id, trial.last_result)
+        result = trial.last_result
+        if result.get("finished"):
+            self.tracker.log_final(trial.trial_id, result)
+        elif "seeds_json" in result:  # the scheduler stopped it early
+            final = stopped_metrics(self.spec, result)
+            if self.tracker.log_final(trial.trial_id, final):
+                name = run_name(overrides_from_params(result["config"]))
+                print(f"[{self.spec.name}] stopped early at step {final['stopped_early_at']:,}: "
+                      f"{name} ({final['converged']}/{final['seeds_done']} converged so far, "
+                      f"objective {final[OBJECTIVE]:.4f})", flush=True)
 
     def _say_set_aside(self, trial_id: str, result: dict) -> None:
         """What a trial set aside goes to the launch's own output, not only a worker's log."""
