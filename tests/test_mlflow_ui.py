@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from airsearch.report.publish import write_report
 from airsearch.report.results import load_report
 from airsearch.study import runner
-from airsearch.study.mlflow_layout import run_name, runs_view_url
+from airsearch.study.mlflow_layout import UI_ENV, run_name, run_url, runs_view_url
 from airsearch.study.spec_file import load_spec
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,9 @@ def dom(url: str) -> str:
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt-get install chromium)")
-def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path) -> None:
+def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
     doc = {"name": "ui", "config": TINY, "seeds": 1, "training": {"steps": 20, "eval_every": 10},
            "convergence": {"threshold": 0.3, "hold": 1},
            "search": {"mode": "grid", "space": {"init.decoder_bias": [-2.0, 0.0]}},
@@ -72,7 +74,8 @@ def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path) -> 
             except OSError:
                 time.sleep(1)
         experiment = MlflowClient(uri).get_experiment_by_name("ui")
-        page = dom(runs_view_url(f"http://127.0.0.1:{port}", experiment.experiment_id))
+        monkeypatch.setenv(UI_ENV, f"http://127.0.0.1:{port}")  # the port `mlflow ui` serves
+        page = dom(runs_view_url(uri, experiment.experiment_id))
         assert "convergence rates" in page  # the saved view is the one open
         assert "convergence_rate" in page and "Error loading shared view" not in page
         for overrides in spec.configurations():
@@ -86,6 +89,14 @@ def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path) -> 
         for figure in ("rate_by_configuration.png", "time_to_count.png",
                        "seeds_eval_count_accuracy.png"):
             assert figure in page
+        # A configuration's page in the training layout: the link says so (MLflow 3.17
+        # otherwise shows the GenAI one, with judges and evaluations, to a fresh browser).
+        parent = MlflowClient(uri).search_runs([experiment.experiment_id],
+                                               "tags.`airsearch.kind` = 'configuration'")[0]
+        classic = dom(run_url(uri, experiment.experiment_id, parent.info.run_id))
+        genai = dom(run_url(uri, experiment.experiment_id, parent.info.run_id).split("?")[0])
+        assert "Model metrics" in classic and parent.info.run_name in classic
+        assert "Judges" not in classic and "Judges" in genai
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -151,7 +151,7 @@ def test_grid_study_with_a_diverging_configuration(tmp_path: Path, local_ray: No
     csv_rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
     assert {float(r["wilson_low"]) for r in csv_rows} == {r.low for r in report.rows}
     assert [r["fisher_p"] for r in csv_rows if r["is_reference"] == "1"] == [""]
-    written = {p.name for p in write_report(uri, report, tmp_path / "report")}
+    written = {p.name for p in write_report(uri, report, tmp_path / "report").paths}
     assert written >= {
         "rate_vs_init.decoder_bias.png", "rate_vs_train.lr.png", "report.md",
         "rate_by_configuration.png", "seeds_eval_count_accuracy.png",
@@ -333,6 +333,12 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming resume" in second.stdout
     assert "ray dashboard: http://" in second.stdout  # ray[default]: the dashboard runs
+    assert "`ray get-auth-token` prints it" in second.stdout
+    # The launch ends with what to do next: the report command and the MLflow view, with the
+    # port the UI is told to use and the training (not GenAI) layout.
+    assert f"python cli.py study report resume --tracking-uri {uri}" in second.stdout
+    assert "--port 5000; another address: set AIRSEARCH_MLFLOW_UI" in second.stdout
+    assert second.stdout.count("workflowType=machine_learning") >= 3  # view, report run
     check_structure(uri, spec, 5)
     trials = ray.tune.ExperimentAnalysis(str(runner.ray_path(spec))).trials
     finished = [t.last_result["config_id"] for t in trials if t.last_result.get("finished")]

@@ -37,12 +37,16 @@ def _existing_tracking(option: str | None) -> str:
 
 
 def _mlflow_view(uri: str, experiment_id: str) -> str:
-    from airsearch.study.mlflow_layout import runs_view_url
+    from urllib.parse import urlsplit
+
+    from airsearch.study.mlflow_layout import UI_ENV, runs_view_url, ui_base
 
     url = runs_view_url(uri, experiment_id)
     if uri.startswith(("http://", "https://")):
         return f"mlflow view: {url}"
-    return f"mlflow view: {url} (after: mlflow ui --backend-store-uri {uri})"
+    port = urlsplit(ui_base(uri)).port or 5000
+    return (f"mlflow view: {url} (after: mlflow ui --backend-store-uri {uri} --port {port}; "
+            f"another address: set {UI_ENV})")
 
 
 @click.group()
@@ -124,6 +128,7 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     from airsearch.report.publish import write_report
     from airsearch.report.results import load_report
     from airsearch.report.tables import render
+    from airsearch.study.mlflow_layout import run_url
     from airsearch.study.tracking import StudyTracker
 
     try:
@@ -142,11 +147,13 @@ def launch(spec_path: str, address: str | None, tracking_uri: str | None,
     # The figures that compare configurations (rates with their intervals, time to count,
     # accuracy curves per configuration) go onto the study's MLflow report run at once.
     folder = Path(spec.storage) / "report"
-    write_report(uri, report, folder)
     tracking = "" if uri == _tracking(None) else f" --tracking-uri {uri}"
+    experiment_id = StudyTracker(uri, spec).experiment_id
+    written = write_report(uri, report, folder)
     click.echo(f"\nreport: {folder / 'report.md'} and its figures, also on the MLflow run "
-               f"'report'; again later: python cli.py study report {spec.name}{tracking}")
-    click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
+               f"{run_url(uri, experiment_id, written.run_id)}; again later: python cli.py "
+               f"study report {spec.name}{tracking}")
+    click.echo(_mlflow_view(uri, experiment_id))
     # A study with configurations left to train is not an answer: say so in the exit code.
     if spec.mode == "grid":
         done = {row.config_id for row in report.rows}
@@ -191,7 +198,8 @@ def _launch_locked(spec: StudySpec, uri: str, address: str | None, max_concurren
     click.echo(_mlflow_view(uri, StudyTracker(uri, spec).experiment_id))
     started, dashboard = runner.start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     if dashboard:
-        click.echo(f"ray dashboard: {dashboard}")
+        click.echo(f"ray dashboard: {dashboard} (asks for a token: `ray get-auth-token` "
+                   "prints it)")
     try:
         preflight.check_resources(spec.cpus, spec.gpus, ray.cluster_resources())
         return runner.launch(spec, uri, max_concurrent=max_concurrent, show_progress=not quiet)
@@ -292,9 +300,12 @@ def report(name: str, fmt: str, tracking_uri: str | None, out: str | None) -> No
         raise click.ClickException(str(exc)) from None
     click.echo(render(result, fmt))
     folder = Path(out) if out else Path(result.storage or os.getcwd()) / "report"
-    paths = write_report(uri, result, folder)
-    click.echo(f"wrote {len(paths)} files to {folder}", err=True)
+    written = write_report(uri, result, folder)
     from mlflow.tracking import MlflowClient
 
+    from airsearch.study.mlflow_layout import run_url
+
     experiment = MlflowClient(uri).get_experiment_by_name(name)
+    click.echo(f"wrote {len(written.paths)} files to {folder}; MLflow report run: "
+               f"{run_url(uri, experiment.experiment_id, written.run_id)}", err=True)
     click.echo(_mlflow_view(uri, experiment.experiment_id), err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from airsearch.report.plots import (
@@ -18,7 +19,13 @@ from airsearch.report.tables import render
 from airsearch.study.tracking import backfill_time_to_count, log_report
 
 
-def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[Path]:
+@dataclass
+class WrittenReport:
+    paths: list[Path]  # tables and figures in the report folder
+    run_id: str  # the study's MLflow report run, where they are logged too
+
+
+def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> WrittenReport:
     """Write the tables and plots to out_dir and log them on the study's report run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = plot_rates(report, out_dir)
@@ -42,6 +49,6 @@ def write_report(tracking_uri: str, report: StudyReport, out_dir: Path) -> list[
         (row.run_id, row.time_to_count, [[t.reached, t.last] for t in row.times or []])
         for row in report.rows])
     best = report.best
-    log_report(tracking_uri, report.name, paths, configurations=len(report.rows),
-               best=(best.config_id, best.rate) if best else None)
-    return paths
+    run_id = log_report(tracking_uri, report.name, paths, configurations=len(report.rows),
+                        best=(best.config_id, best.rate) if best else None)
+    return WrittenReport(paths, run_id)

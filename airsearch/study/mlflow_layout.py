@@ -83,12 +83,30 @@ def rates_view(varied: list[str] | tuple[str, ...]) -> str:
                        "state": json.dumps(state)})
 
 
+UI_ENV = "AIRSEARCH_MLFLOW_UI"  # where `mlflow ui` serves a local store
+DEFAULT_UI = "http://127.0.0.1:5000"
+# MLflow 3.17 lays pages out for GenAI (traces, judges) unless the URL, or the sidebar switch
+# the user last flipped (kept in the browser), says machine learning: links carry it.
+CLASSIC = "workflowType=machine_learning"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI's address: a tracking server serves its own; a local store's is
+    AIRSEARCH_MLFLOW_UI (default http://127.0.0.1:5000, `mlflow ui`'s)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return os.environ.get(UI_ENV, DEFAULT_UI).rstrip("/")
+
+
 def runs_view_url(tracking_uri: str, experiment_id: str) -> str:
     """Where the study's rates open in the MLflow UI (a local store: `mlflow ui` first)."""
-    base = (tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://"))
-            else "http://127.0.0.1:5000")
-    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return (f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{CLASSIC}"
             f"&viewStateShareKey={RATES_VIEW}")
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """One run's page, in the training (not GenAI) layout."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC}"
 
 
 def run_name(overrides: dict[str, Any]) -> str:

@@ -335,9 +335,9 @@ def backfill_time_to_count(tracking_uri: str,
 
 
 def log_report(tracking_uri: str, study: str, paths: list[Path], configurations: int,
-               best: tuple[str, float] | None) -> None:
+               best: tuple[str, float] | None) -> str:
     """Log a report's files on the study's report run (created once), with the number of
-    complete configurations and the best one's (config id, rate)."""
+    complete configurations and the best one's (config id, rate); returns the run's id."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     found = client.search_runs([experiment.experiment_id], f"tags.`{KIND}` = 'report'")
@@ -356,3 +356,4 @@ def log_report(tracking_uri: str, study: str, paths: list[Path], configurations:
         if logged.get(key) != value:
             client.log_metric(run_id, key, value, step=configurations)
     client.set_terminated(run_id, "FINISHED")
+    return run_id
