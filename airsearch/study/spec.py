@@ -47,8 +47,9 @@ class EarlyStopping:
     reduction_factor: int = 2
 
     def grace_steps(self, steps: int, eval_every: int) -> int:
-        """The first rung, in steps: never before the first evaluation."""
-        return max(eval_every, round(self.grace * steps))
+        """The first rung, in steps: the evaluation nearest grace x steps (never before the
+        first), so each rung compares configurations at an evaluation."""
+        return max(eval_every, round(self.grace * steps / eval_every) * eval_every)
 
 
 class SpecError(ValueError):
