@@ -19,7 +19,13 @@ from mlflow.tracking import MlflowClient
 from airsearch.report.publish import write_report
 from airsearch.report.results import load_report
 from airsearch.study import runner
-from airsearch.study.mlflow_layout import UI_ENV, run_name, run_url, runs_view_url
+from airsearch.study.mlflow_layout import (
+    UI_ENV,
+    curves_view_url,
+    run_name,
+    run_url,
+    runs_view_url,
+)
 from airsearch.study.spec_file import load_spec
 
 pytestmark = pytest.mark.slow
@@ -81,6 +87,12 @@ def test_the_runs_view_lists_configurations_with_their_rates(tmp_path: Path,
         for overrides in spec.configurations():
             assert run_name(overrides) in page
         assert "/ seed 0" not in page  # seed runs are filtered out of this view
+        # The seeds' curves, one mean line with its band per configuration, drawn by MLflow.
+        page = dom(curves_view_url(uri, experiment.experiment_id))
+        assert "curves by configuration" in page
+        assert "Group by: airsearch.configuration" in page and "eval/count_accuracy" in page
+        for overrides in spec.configurations():
+            assert f"Group: {run_name(overrides)}" in page
         # The report run's artifacts: the figures that compare the configurations.
         (report,) = MlflowClient(uri).search_runs([experiment.experiment_id],
                                                   "tags.`airsearch.kind` = 'report'")

@@ -39,14 +39,15 @@ def _existing_tracking(option: str | None) -> str:
 def _mlflow_view(uri: str, experiment_id: str) -> str:
     from urllib.parse import urlsplit
 
-    from airsearch.study.mlflow_layout import UI_ENV, runs_view_url, ui_base
+    from airsearch.study.mlflow_layout import UI_ENV, curves_view_url, runs_view_url, ui_base
 
-    url = runs_view_url(uri, experiment_id)
+    views = (f"mlflow view: {runs_view_url(uri, experiment_id)}\n"
+             f"curves by configuration: {curves_view_url(uri, experiment_id)}")
     if uri.startswith(("http://", "https://")):
-        return f"mlflow view: {url}"
+        return views
     port = urlsplit(ui_base(uri)).port or 5000
-    return (f"mlflow view: {url} (after: mlflow ui --backend-store-uri {uri} --port {port}; "
-            f"another address: set {UI_ENV})")
+    return (f"{views}\n(after: mlflow ui --backend-store-uri {uri} --port {port}; another "
+            f"address: set {UI_ENV})")
 
 
 @click.group()

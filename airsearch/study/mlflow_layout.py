@@ -43,6 +43,7 @@ TIMES = "airsearch.time_to_count"  # per seed [first step at the threshold or nu
 SHARE_REACHED = "time_to_count/share_reached"  # Kaplan-Meier, one point per evaluation step
 WALL = "wall_s"  # present in every evaluation row: which steps a seed run holds
 LAST_STEP = "airsearch.last_step"  # the last evaluation a seed run holds
+CONFIGURATION = "airsearch.configuration"  # on seed runs: their configuration's run name
 RUNNING = "running"  # a seed's outcome while its configuration trains
 # Opens the experiment in MLflow's training (runs) view, not the GenAI/traces one.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -53,6 +54,9 @@ RATES_VIEW = "airsearch-rates"
 RATE_COLUMNS = ("convergence_rate", "wilson_low", "wilson_high", "converged", "seeds_done",
                 "progress/convergence_rate")
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu_ids")  # where the configuration trained
+# A second view: the seed runs grouped by configuration, whose charts MLflow draws as each
+# configuration's mean curve with its min-max band (accuracy, presence, IoU, ... by step).
+CURVES_VIEW = "airsearch-curves"
 
 
 def resolve_tracking_uri(option: str | None) -> str:
@@ -96,6 +100,28 @@ def ui_base(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri.rstrip("/")
     return os.environ.get(UI_ENV, DEFAULT_UI).rstrip("/")
+
+
+def curves_view() -> str:
+    """The saved view of seed runs grouped by configuration (opened in the chart view)."""
+    state = {"searchFilter": f"tags.`{KIND}` = 'seed'",
+             "orderByKey": "attributes.start_time", "orderByAsc": True,
+             "groupBy": {"aggregateFunction": "average",
+                         "groupByKeys": [{"mode": "tag", "groupByData": CONFIGURATION}]},
+             "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+             "runsHiddenMode": "SHOW_ALL",
+             "selectedColumns": [f"metrics.`{m}`" for m in ("eval/count_accuracy",
+                                                             "eval/mean_count")]
+             + [f"tags.`{OUTCOME}`"]}
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "curves by configuration", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def curves_view_url(tracking_uri: str, experiment_id: str) -> str:
+    """Each configuration's seeds as one mean curve with a band, in MLflow's chart view."""
+    return (f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{CLASSIC}"
+            f"&viewStateShareKey={CURVES_VIEW}&compareRunsMode=CHART")
 
 
 def runs_view_url(tracking_uri: str, experiment_id: str) -> str:

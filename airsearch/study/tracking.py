@@ -35,7 +35,9 @@ from airsearch.study.mlflow_layout import (
     BEST,
     COMPLETE,
     CONFIG_ID,
+    CONFIGURATION,
     CONFUSION,
+    CURVES_VIEW,
     ERROR_TAG,
     EXPERIMENT_KIND,
     KIND,
@@ -59,6 +61,7 @@ from airsearch.study.mlflow_layout import (
     VARIED,
     WALL,
     artifact_location,
+    curves_view,
     provenance,
     rates_view,
     run_name,
@@ -98,6 +101,7 @@ class StudyTracker:
                 REFERENCE: spec.reference_id, EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
                 "mlflow.note.content": spec.question or spec.name}
         tags[f"mlflow.sharedViewState.{RATES_VIEW}"] = rates_view(spec.varied)
+        tags[f"mlflow.sharedViewState.{CURVES_VIEW}"] = curves_view()
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
                 spec.name, artifact_location=artifact_location(tracking_uri), tags=tags)
@@ -195,7 +199,9 @@ class StudyTracker:
                     self.experiment_id, run_name=f"{parent.info.run_name} / seed {seed}",
                     tags={**provenance(), MLFLOW_PARENT_RUN_ID: parent.info.run_id, KIND: "seed",
                           STUDY: self.spec.name, CONFIG_ID: cid, SEED: str(seed),
-                          OUTCOME: RUNNING})
+                          OUTCOME: RUNNING, CONFIGURATION: parent.info.run_name})
+                if CONFIGURATION not in run.data.tags:  # a seed run logged before the tag
+                    self.client.set_tag(run.info.run_id, CONFIGURATION, parent.info.run_name)
                 self._log_missing_params(run, {**params, "seed": seed})
                 found[seed] = SeedRun(run.info.run_id, int(run.data.tags.get(LAST_STEP, -1)))
             self._seeds[cid] = found
