@@ -194,6 +194,7 @@ def test_optuna_study(tmp_path: Path, local_ray: None) -> None:
     for trial in study.trials:  # each Optuna trial says which configuration and what it got
         parent = by_config[trial.user_attrs["config_id"]]
         assert trial.user_attrs["mlflow_run_id"] == parent.info.run_id
+        assert trial.user_attrs["name"] == parent.info.run_name
         assert trial.user_attrs["converged"] == parent.data.metrics["converged"]
         assert trial.user_attrs["seeds_done"] == 2
         assert trial.user_attrs["wilson_low"] <= trial.user_attrs["convergence_rate"] <= \
@@ -466,5 +467,7 @@ def test_asha_stops_a_configuration_clearly_behind(tmp_path: Path, local_ray: No
     assert (row.k, row.n, row.stopped_early_at) == (0, 2, 10)
     assert "stopped early at step 10" in render(load_report(uri, spec.name), "table")
     assert not list((Path(spec.storage) / "trials").glob("*/checkpoint.pt"))
+    trials = ray.tune.ExperimentAnalysis(str(runner.ray_path(spec))).trials
+    assert sorted(str(t) for t in trials) == ["presence_bias=-20.0", "presence_bias=20.0"]
     again = runner.launch(spec, uri, show_progress=False)
     assert again.newly_logged == 0  # nothing trained again, nothing logged twice

@@ -35,6 +35,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from airsearch.study.mlflow_layout import run_name
 from airsearch.study.preflight import PreflightError, join_error, unreadable_ray_state
 from airsearch.study.space import (
     OBJECTIVE,
@@ -237,7 +238,7 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
                 scheduler=early_stopper(spec),
                 num_samples=spec.budget if optuna else 1,
                 max_concurrent_trials=max_concurrent or spec.max_concurrent,
-                reuse_actors=True),
+                reuse_actors=True, trial_name_creator=trial_name),
             run_config=tune.RunConfig(
                 name=RAY_DIR, storage_path=spec.storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
@@ -256,6 +257,11 @@ def launch(spec: StudySpec, tracking_uri: str, *, max_concurrent: int | None = N
     return LaunchOutcome(resumed=resumed, trials=len(results), finished=len(finished),
                          stopped=len(stopped), errored=len(results) - len(finished + stopped),
                          newly_logged=newly, wall_s=time.time() - started, results=results)
+
+
+def trial_name(trial: Any) -> str:
+    """A Ray trial's name: its configuration's MLflow run name (the keys it changes)."""
+    return run_name(overrides_from_params(trial.config))
 
 
 def early_stopper(spec: StudySpec) -> ASHAScheduler | None:

@@ -25,8 +25,9 @@ from airsearch.study.mlflow_layout import CONFIG_ID, KIND
 from airsearch.study.spec import TIE_BREAK_WEIGHT, Dimension, StudySpec
 
 OBJECTIVE = "objective"
-TRIAL_ATTRIBUTES = ("config_id", "converged", "seeds_done", "convergence_rate", "wilson_low",
-                    "wilson_high")  # copied from a trial's final result onto its Optuna trial
+# copied from a trial's final result onto its Optuna trial
+TRIAL_ATTRIBUTES = ("config_id", "name", "converged", "seeds_done", "convergence_rate",
+                    "wilson_low", "wilson_high")
 OPTUNA_FILE = "optuna.db"
 
 

@@ -41,6 +41,7 @@ from ray import tune
 from airsearch.config import AIRConfig
 from airsearch.evaluation.outcomes import ACCURACY, CONVERGED, DIVERGED
 from airsearch.stats import wilson
+from airsearch.study.mlflow_layout import run_name
 from airsearch.study.space import OBJECTIVE, overrides_from_params
 from airsearch.study.spec import StudySpec, config_id
 from airsearch.training.checkpoint import (
@@ -57,7 +58,7 @@ from airsearch.training.checkpoint import (
 from airsearch.training.records import EvalRecord, SeedRecord, rate_of
 
 TRIALS_DIR = "trials"
-PLACEMENT_KEYS = ("config_id", "node_id", "node_ip", "hostname", "gpu_ids", "started_at",
+PLACEMENT_KEYS = ("config_id", "name", "node_id", "node_ip", "hostname", "gpu_ids", "started_at",
                   "resumed_from_step", "set_aside")
 LOCK = ".lock"
 
@@ -70,7 +71,8 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     overrides = overrides_from_params(params)
     cid = config_id(overrides)
     started = time.time()
-    placement = {"config_id": cid, "node_id": ray.get_runtime_context().get_node_id(),
+    placement = {"config_id": cid, "name": run_name(overrides),
+                 "node_id": ray.get_runtime_context().get_node_id(),
                  "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
                  "gpu_ids": json.dumps([str(g) for g in ray.get_gpu_ids()]),
                  "started_at": started, "resumed_from_step": 0,
