@@ -83,6 +83,9 @@ class SeedRun:
     last_step: int
 
 
+SHOWN_DIGITS = 3  # decimals of the rates and Wilson bounds in MLflow's tables
+
+
 class StudyTracker:
     """Reads and writes one study's experiment."""
 
@@ -178,7 +181,7 @@ class StudyTracker:
             return
         now = int(time.time() * 1000)
         step = int(result["step"])
-        metrics = [Metric(f"progress/{k}", float(result[k]), now, step)
+        metrics = [Metric(f"progress/{k}", round(float(result[k]), SHOWN_DIGITS), now, step)
                    for k in ("convergence_rate", "wilson_low", "wilson_high")]
         self.client.log_batch(parent.info.run_id, metrics=metrics)
         runs = self.seed_runs(result["config_id"], parent, overrides)
@@ -239,7 +242,9 @@ class StudyTracker:
         steps = [r.steps_to_converge for r in seeds if r.steps_to_converge is not None]
         secs = [r.seconds_to_converge for r in seeds if r.seconds_to_converge is not None]
         values = {"convergence_rate": result["convergence_rate"],
-                  "wilson_low": result["wilson_low"], "wilson_high": result["wilson_high"],
+                  # rounded where MLflow shows them; reports recompute them from k and n
+                  "wilson_low": round(result["wilson_low"], SHOWN_DIGITS),
+                  "wilson_high": round(result["wilson_high"], SHOWN_DIGITS),
                   "objective": result["objective"], "seeds_done": result["seeds_done"],
                   "converged": result["converged"],
                   **{f"outcome/{name}": n for name, n in counts.items()}}
