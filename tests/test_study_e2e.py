@@ -337,7 +337,7 @@ def test_killed_driver_resumes_without_losing_or_double_counting(tmp_path: Path)
     assert "`ray get-auth-token` prints it" in second.stdout
     # The launch ends with what to do next: the report command and the MLflow view, with the
     # port the UI is told to use and the training (not GenAI) layout.
-    assert f"python cli.py study report resume --tracking-uri {uri}" in second.stdout
+    assert "again later: python cli.py study report resume" in second.stdout
     assert "--port 5000; another address: set AIRSEARCH_MLFLOW_UI" in second.stdout
     assert second.stdout.count("workflowType=machine_learning") >= 3  # view, report run
     check_structure(uri, spec, 5)
