@@ -41,7 +41,7 @@ from ray import tune
 from airsearch.config import AIRConfig
 from airsearch.evaluation.outcomes import ACCURACY, CONVERGED, DIVERGED
 from airsearch.stats import wilson
-from airsearch.study.mlflow_layout import run_name
+from airsearch.study.mlflow_layout import PLACEMENT, run_name
 from airsearch.study.space import OBJECTIVE, overrides_from_params
 from airsearch.study.spec import StudySpec, config_id
 from airsearch.training.checkpoint import (
@@ -58,8 +58,8 @@ from airsearch.training.checkpoint import (
 from airsearch.training.records import EvalRecord, SeedRecord, rate_of
 
 TRIALS_DIR = "trials"
-PLACEMENT_KEYS = ("config_id", "name", "node_id", "node_ip", "hostname", "gpu_ids", "started_at",
-                  "resumed_from_step", "set_aside")
+# What every report of a trial carries about it (the `placement` of run_trial).
+PLACEMENT_KEYS = ("config_id", "name", *PLACEMENT, "started_at", "resumed_from_step", "set_aside")
 LOCK = ".lock"
 
 
@@ -81,14 +81,16 @@ def run_trial(params: dict[str, Any], spec: StudySpec) -> None:
     def on_eval(record: EvalRecord) -> None:
         rows = [{"step": record.step, "wall_s": record.wall_s, **row} for row in record.per_seed]
         rate = wilson(sum(rec.outcome == CONVERGED for rec in record.seeds), len(spec.seeds))
-        tune.report({OBJECTIVE: spec.objective(rate.value, _accuracy(record.seeds)),
-                     "convergence_rate": rate.value, "wilson_low": rate.low,
-                     "wilson_high": rate.high, "step": record.step, "finished": 0,
-                     "per_seed": {str(int(row["seed"])): row for row in rows},
-                     # every seed labelled as if training stopped here: what an early stop
-                     # (the study's scheduler) records
-                     "seeds_json": json.dumps([rec.to_json() for rec in record.seeds]),
-                     **placement})
+        report = {OBJECTIVE: spec.objective(rate.value, _accuracy(record.seeds)),
+                  "convergence_rate": rate.value, "wilson_low": rate.low,
+                  "wilson_high": rate.high, "step": record.step, "finished": 0,
+                  "per_seed": {str(int(row["seed"])): row for row in rows}, **placement}
+        if spec.early_stopping.kind != "none":
+            # Every seed labelled as if training stopped here, histories included: what a
+            # configuration the scheduler stops is recorded with. Only then: Ray keeps every
+            # report, and these grow with each evaluation.
+            report["seeds_json"] = json.dumps([rec.to_json() for rec in record.seeds])
+        tune.report(report)
 
     try:
         config = spec.config_for(overrides)

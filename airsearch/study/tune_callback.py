@@ -6,8 +6,7 @@ from typing import Any
 
 from ray import tune
 
-from airsearch.study.mlflow_layout import run_name
-from airsearch.study.space import OBJECTIVE, overrides_from_params
+from airsearch.study.space import OBJECTIVE
 from airsearch.study.spec import StudySpec
 from airsearch.study.tracking import StudyTracker
 from airsearch.study.trial import stopped_metrics
@@ -44,10 +43,9 @@ class MlflowCallback(tune.Callback):
         elif "seeds_json" in result:  # the scheduler stopped it early
             final = stopped_metrics(self.spec, result)
             if self.tracker.log_final(trial.trial_id, final):
-                name = run_name(overrides_from_params(result["config"]))
                 print(f"[{self.spec.name}] stopped early at step {final['stopped_early_at']:,}: "
-                      f"{name} ({final['converged']}/{final['seeds_done']} converged so far, "
-                      f"objective {final[OBJECTIVE]:.4f})", flush=True)
+                      f"{final['name']} ({final['converged']}/{final['seeds_done']} converged "
+                      f"so far, objective {final[OBJECTIVE]:.4f})", flush=True)
 
     def _say_set_aside(self, trial_id: str, result: dict) -> None:
         """What a trial set aside goes to the launch's own output, not only a worker's log."""
