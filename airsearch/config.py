@@ -18,6 +18,9 @@ from typing import Any
 # The paper's multi-MNIST, for which the default inverse-scale prior (3 +- 0.2) was chosen.
 REFERENCE_DIGIT_SIZE = 21.0
 REFERENCE_CANVAS_SIZE = 50
+# MNIST digits are size-normalised to a 20 x 20 box inside their 28 x 28 patch: a digit drawn
+# at side s has ink about 20/28 s high (or wide).
+MNIST_INK_FRACTION = 20 / 28
 
 
 # Keys that counted absolute steps, and the fractions of train.steps that replaced them.
@@ -69,6 +72,13 @@ class DataConfig:
                                 low=16, high=1_000_000)
     seed: int = _knob(0, "seed of the generated data set (independent of training seeds)", low=0)
 
+    def digit_size_range(self) -> tuple[float, float]:
+        """Smallest and largest digit side the data draws, pixels."""
+        if self.digit_size_max:
+            return self.digit_size, self.digit_size_max
+        return (self.digit_size * (1 - self.digit_size_jitter),
+                self.digit_size * (1 + self.digit_size_jitter))
+
 
 @dataclass
 class ModelConfig:
@@ -102,12 +112,20 @@ class ModelConfig:
     residual_input: bool = _knob(True, "DAIR (the paper's difference variant): each step "
                                  "encodes the image minus what earlier steps drew, so a step "
                                  "sees what is still unexplained")
-    where_proposal: str = _knob("residual_peak", "none: each step's z_where mean is the "
+    where_proposal: str = _knob("auto", "none: each step's z_where mean is the "
                                 "location head's output; residual_peak: the head's output is "
                                 "added to the shift of the window of the prior's size that "
                                 "holds the most of what the step sees (DAIR: the image minus "
                                 "what earlier steps drew; plain AIR: the image), so windows "
-                                "start on objects however small", choices=("none", "residual_peak"))
+                                "start on objects however small; residual_object: as "
+                                "residual_peak, then the window is centred on the ink connected "
+                                "to that peak and sized to it (the scale prior.where_scale_loc "
+                                "gives a 21 px digit, scaled to the ink's height and kept within "
+                                "the data's digit sizes), so windows start framing objects of "
+                                "any size; auto: residual_object where digit sizes vary "
+                                "(data.digit_size_max or data.digit_size_jitter), residual_peak "
+                                "otherwise",
+                                choices=("none", "residual_peak", "residual_object", "auto"))
     blur_px: float = _knob(0.0, "sd in pixels of a Gaussian blur under which the objective also "
                            "compares image and reconstruction early in training (0: off): a "
                            "window that misses a small digit then still gets a gradient "
@@ -281,6 +299,20 @@ class AIRConfig:
             d.digit_size_max)
         middle = (d.digit_size * d.digit_size_max) ** 0.5
         return (small + large) / 2, max(p.where_scale_sd * factor(middle), (small - large) / 4)
+
+    def where_scale_for(self, digit_px: float) -> float:
+        """Inverse scale that frames a digit of side digit_px as prior.where_scale_loc frames a
+        21 px digit on a 50 px canvas."""
+        return self.prior.where_scale_loc * (REFERENCE_DIGIT_SIZE / digit_px) * (
+            self.data.canvas_size / REFERENCE_CANVAS_SIZE)
+
+    def where_proposal(self) -> str:
+        """model.where_proposal after its auto rule: windows sized to the ink where sizes vary."""
+        m, d = self.model, self.data
+        if m.where_proposal != "auto":
+            return m.where_proposal
+        low, high = d.digit_size_range()
+        return "residual_object" if high > low else "residual_peak"
 
     def saturates(self) -> bool:
         """Whether the canvas is clipped at full ink, after model.composition."""

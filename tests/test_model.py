@@ -156,6 +156,40 @@ def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
                                torch.tensor([[to_norm(22), to_norm(6)]] * 2))
 
 
+def test_object_proposal_frames_each_object_at_its_size():
+    """residual_object: with the heads silent, step 0's window frames the larger square at the
+    inverse scale of a digit of its size, step 1 (after step 0 drew over it) the smaller one,
+    at a larger inverse scale; sizes outside the data's range are framed as its nearest end."""
+    def first_two_starts(low, high):
+        m = AIR(_config(model__where_proposal="residual_object", init__head_weight_scale=0.0,
+                        init__decoder_bias=20.0, data__digit_size=low, data__digit_size_max=high),
+                [0])
+        torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
+        x = torch.zeros(1, 1, m.canvas, m.canvas)
+        x[0, 0, 2:12, 2:12] = 1.0      # 10 px of ink: a 14 px digit
+        x[0, 0, 20:25, 20:25] = 1.0    # 5 px of ink: a 7 px digit
+        inf = m.infer(x, Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
+        return m, inf.where_loc[0, 0, :2]
+
+    m, starts = first_two_starts(7.0, 14.0)
+    scale_of = m.config.where_scale_for
+    torch.testing.assert_close(starts[:, 0], torch.tensor([scale_of(14.0), scale_of(7.0)]))
+    to_norm = lambda px: (2 * px + 1) / TINY["data.canvas_size"] - 1  # noqa: E731
+    torch.testing.assert_close(starts[0, 1:], torch.tensor([to_norm(6.5), to_norm(6.5)]))
+    m, starts = first_two_starts(8.0, 12.0)  # both squares beyond the range: clamped
+    torch.testing.assert_close(starts[:, 0], torch.tensor([scale_of(12.0), scale_of(8.0)]))
+
+
+@pytest.mark.parametrize("flat, proposal", [
+    ({}, "residual_peak"), ({"data.digit_size_jitter": 0.3}, "residual_object"),
+    ({"data.digit_size": 10.0, "data.digit_size_max": 20.0}, "residual_object"),
+    ({"data.digit_size_max": 20.0, "model.where_proposal": "residual_peak"}, "residual_peak"),
+    ({"model.where_proposal": "none"}, "none")])
+def test_auto_proposal_sizes_windows_where_digit_sizes_vary(flat, proposal):
+    config = AIRConfig.from_flat({**TINY, **flat})
+    assert config.where_proposal() == proposal
+
+
 @pytest.mark.parametrize("overlap, composition, saturates", [
     ("avoid", "auto", False), ("boxes", "auto", False), ("allow", "auto", True),
     ("avoid", "saturate", True), ("allow", "sum", False)])

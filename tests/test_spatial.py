@@ -12,6 +12,7 @@ from airsearch.model.spatial import (
     box_filter,
     box_pixels,
     densest_window,
+    object_box,
     read_glimpse,
     write_glimpse,
 )
@@ -165,3 +166,25 @@ def test_box_filter_is_the_window_mean(window_px):
     pooled = F.avg_pool2d(images.unsqueeze(1), size, stride=1, padding=size // 2).squeeze(1)
     box = box_filter(50, window_px)
     torch.testing.assert_close(box @ images @ box.T, pooled)
+
+
+def test_object_box_frames_the_ink_connected_to_the_peak():
+    """A tall bar with a one-pixel gap (a broken stroke) is one object framed whole, not the
+    dimmer square beside it; faint pixels are not ink; an image without ink falls back to
+    the densest window with side 0."""
+    images = torch.zeros(2, 40, 40)
+    images[0, 5:12, 8:13] = 1.0
+    images[0, 13:25, 8:13] = 1.0      # the bar: rows 5..24, cols 8..12, one gap row (12)
+    images[0, 30:36, 25:31] = 0.6     # a dimmer 6 px square, apart
+    images[1, 10:15, 10:15] = 0.2     # below the ink threshold
+    box = box_filter(40, 7)
+    centre, side = object_box(images, box, ink=0.3, grow_steps=80)
+    pixel = lambda v: (v + 1) * 40 / 2 - 0.5  # noqa: E731  normalised -> pixel index
+    assert side.tolist() == [20.0, 0.0]
+    assert (pixel(centre[0, 0]), pixel(centre[0, 1])) == pytest.approx((10.0, 14.5), abs=1e-4)
+    torch.testing.assert_close(centre[1], densest_window(images[1:], box)[0])
+    # Once the bar is gone, the square is the object.
+    images[0, :26] = 0.0
+    centre, side = object_box(images[:1], box, ink=0.3, grow_steps=80)
+    assert side.item() == 6.0
+    assert (pixel(centre[0, 0]), pixel(centre[0, 1])) == pytest.approx((27.5, 32.5), abs=1e-4)

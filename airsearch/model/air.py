@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from airsearch.config import AIRConfig
+from airsearch.config import MNIST_INK_FRACTION, AIRConfig
 from airsearch.model import estimators
 from airsearch.model.distributions import NumSteps, blur_matrix, gaussian_log_lik, normal_kl
 from airsearch.model.replicated import (
@@ -31,9 +31,19 @@ from airsearch.model.replicated import (
     ReplicatedMLP,
     softplus_inverse,
 )
-from airsearch.model.spatial import box_filter, densest_window, read_glimpse, write_glimpse
+from airsearch.model.spatial import (
+    box_filter,
+    densest_window,
+    object_box,
+    read_glimpse,
+    write_glimpse,
+)
 from airsearch.model.terms import ElboTerms, Inference, LossTerms, Noise
 from airsearch.schedules import Schedule
+
+# What model.where_proposal=residual_object counts as ink in what a step sees (in [0, 1]; the
+# residual is negative where earlier steps over-drew).
+PROPOSAL_INK = 0.3
 
 
 class AIR(nn.Module):
@@ -77,9 +87,12 @@ class AIR(nn.Module):
         self.register_buffer("blur", blur_matrix(d.canvas_size, m.blur_px) if m.blur_px > 0
                              else None, persistent=False)
         # model.where_proposal: sums over windows of the prior's size, where a step looks first.
+        self.proposal = config.where_proposal()
         window_px = max(1, round(d.canvas_size / scale_loc))
         self.register_buffer("proposal_box", box_filter(d.canvas_size, window_px)
-                             if m.where_proposal == "residual_peak" else None, persistent=False)
+                             if self.proposal != "none" else None, persistent=False)
+        smallest, largest = d.digit_size_range()
+        self.ink_sides = (smallest * MNIST_INK_FRACTION, largest * MNIST_INK_FRACTION)
         self._init_weights([torch.Generator().manual_seed(s) for s in seeds])
 
     # ----------------------------------------------------------------------------- init
@@ -140,8 +153,8 @@ class AIR(nn.Module):
             where_out = self.location_head(h)  # (R, B, 6)
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
             if self.proposal_box is not None:
-                start = densest_window(seen.reshape(R * B, H, W), self.proposal_box)
-                where_loc = where_loc + F.pad(start.view(R, B, 2), (1, 0))  # scale unchanged
+                where_loc = where_loc + self._proposed_start(seen.reshape(R * B, H, W)
+                                                             ).view(R, B, 3)
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
             glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
             what_out = self.glimpse_encoder(glimpse.view(R, B, G * G))  # (R, B, 2D)
@@ -168,6 +181,20 @@ class AIR(nn.Module):
                          stack(what_locs), stack(what_sds), stack(z_whats), n, noise.pres,
                          glimpses=stack(glimpses) if residual else None,
                          written=stack(writes) if residual else None)
+
+    def _proposed_start(self, seen: torch.Tensor) -> torch.Tensor:
+        """seen (N, H, W) -> (N, 3) what the proposal adds to the location head's z_where mean:
+        the window's shift, and (residual_object) the inverse scale that frames the ink found
+        there less the prior's mean, so a head that outputs the prior mean frames that ink."""
+        if self.proposal == "residual_peak":
+            return F.pad(densest_window(seen, self.proposal_box), (1, 0))  # scale unchanged
+        centre, side = object_box(seen, self.proposal_box, ink=PROPOSAL_INK,
+                                  grow_steps=2 * self.canvas)
+        # A fragment or a blob is framed as the nearest digit size the data draws.
+        digit_px = side.clamp(*self.ink_sides) / MNIST_INK_FRACTION
+        scale = self.config.where_scale_for(1.0) / digit_px - self.where_prior_loc[0]
+        return torch.cat([torch.where(side > 0, scale, torch.zeros_like(scale))[:, None],
+                          centre], dim=-1)
 
     # ----------------------------------------------------------------------------- model
     def render(self, inference: Inference, presence: torch.Tensor | None = None

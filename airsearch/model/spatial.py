@@ -15,6 +15,7 @@ a scatter; tests check the two agree, values and gradients.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 
 def _pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
@@ -85,3 +86,41 @@ def densest_window(images: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         flat = mass.reshape(images.shape[0], H * W).argmax(dim=-1)
         return torch.stack([_pixel_centres(W, images)[flat % W],
                             _pixel_centres(H, images)[flat // W]], dim=-1)
+
+
+def object_box(images: torch.Tensor, box: torch.Tensor, ink: float, grow_steps: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (N, H, W) -> (N, 2) normalised centre (x, y) and (N,) side in pixels of the
+    bounding box of one object: the ink (pixels above `ink`, gaps of one pixel bridged)
+    connected to the inked pixel whose `box` window holds the most intensity. An image without
+    ink gets densest_window's centre and side 0. No gradient: it only says where, and how
+    large, a window starts looking."""
+    with torch.no_grad():
+        N, H, W = images.shape
+        inked = images > ink  # (N, H, W)
+        mass = box @ images @ box.T
+        peak = torch.where(inked, mass, mass.new_tensor(-torch.inf)).reshape(N, H * W).argmax(-1)
+        region = torch.zeros(N, H * W, dtype=torch.bool, device=images.device)
+        region[torch.arange(N, device=images.device), peak] = True
+        region = region.view(N, 1, H, W) & inked[:, None]
+        dilate = lambda m: F.max_pool2d(m.float(), 3, stride=1, padding=1) > 0  # noqa: E731
+        bridged = dilate(inked[:, None])
+        for _ in range(grow_steps):
+            grown = dilate(region) & bridged
+            if torch.equal(grown, region):
+                break
+            region = grown
+        region = region[:, 0] & inked
+        rows, cols = region.any(dim=2), region.any(dim=1)  # (N, H), (N, W)
+
+        def span(occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            first = occupied.float().argmax(dim=-1)
+            last = occupied.shape[-1] - 1 - occupied.flip(-1).float().argmax(dim=-1)
+            return first, last
+
+        (top, bottom), (left, right) = span(rows), span(cols)
+        centre = torch.stack([(left + right + 1) / W - 1, (top + bottom + 1) / H - 1], dim=-1)
+        side = torch.maximum(bottom - top + 1, right - left + 1).to(images.dtype)
+        found = inked.reshape(N, -1).any(dim=-1)
+        centre = torch.where(found[:, None], centre, densest_window(images, box))
+        return centre, torch.where(found, side, torch.zeros_like(side))
