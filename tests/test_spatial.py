@@ -12,6 +12,7 @@ from airsearch.model.spatial import (
     box_filter,
     box_pixels,
     densest_window,
+    dilate_3x3,
     object_box,
     read_glimpse,
     write_glimpse,
@@ -166,6 +167,15 @@ def test_box_filter_is_the_window_mean(window_px):
     pooled = F.avg_pool2d(images.unsqueeze(1), size, stride=1, padding=size // 2).squeeze(1)
     box = box_filter(50, window_px)
     torch.testing.assert_close(box @ images @ box.T, pooled)
+
+
+def test_dilate_3x3_is_a_3x3_max_pool():
+    """The shifted-OR dilation grows masks exactly as a 3x3 max-pool, borders included."""
+    masks = torch.rand(6, 1, 17, 23, generator=torch.Generator().manual_seed(0)) > 0.8
+    masks[0] = False
+    masks[1, 0, 0, 0] = masks[1, 0, -1, -1] = True  # corners
+    pooled = F.max_pool2d(masks.float(), 3, stride=1, padding=1) > 0
+    assert torch.equal(dilate_3x3(masks), pooled)
 
 
 def test_object_box_frames_the_ink_connected_to_the_peak():
