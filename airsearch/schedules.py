@@ -113,13 +113,14 @@ def blur_weight(config: AIRConfig, step: int) -> float:
 
 
 def likelihood_sd(config: AIRConfig, step: int) -> float:
-    """The likelihood's sd: model.likelihood_sd, moving geometrically to model.likelihood_sd_final
-    between the fractions model.likelihood_sd_start and _end of train.steps."""
-    m = config.model
+    """The likelihood's sd: model.likelihood_sd (after its auto rule), moving geometrically to
+    model.likelihood_sd_final between the fractions model.likelihood_sd_start and _end of
+    train.steps."""
+    m, start = config.model, config.likelihood_sd()
     if m.likelihood_sd_final == 0:
-        return m.likelihood_sd
+        return start
     t = progress(step, *_between(m.likelihood_sd_start, m.likelihood_sd_end, config.train.steps))
-    return geometric(m.likelihood_sd, m.likelihood_sd_final, t)
+    return geometric(start, m.likelihood_sd_final, t)
 
 
 def temperature(estimator: EstimatorConfig, steps: int, step: int) -> float:

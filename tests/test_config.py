@@ -119,7 +119,7 @@ def test_out_of_range_names_key_and_range(key, value):
     ("prior.z_pres.final", "1"),
     ("prior.z_pres.final", "0.0"),
     ("train.lr", "0"),
-    ("model.likelihood_sd", "0"),
+    ("prior.where_shift_sd", "0"),
     ("init.where_sd", "0.0"),
 ])
 def test_open_bounds_reject_the_bound(key, value):

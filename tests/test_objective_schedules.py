@@ -112,6 +112,20 @@ def test_a_larger_sd_makes_the_objective_weigh_the_same_misfit_less():
     assert torch.all(elbo[0.15] < elbo[0.3])
 
 
+@pytest.mark.parametrize("overlap, sd", [("avoid", 0.15), ("boxes", 0.15), ("allow", 0.3)])
+def test_likelihood_sd_auto_is_weaker_where_digits_overlap_freely(overlap, sd):
+    """0 (the default) means 0.15, or 0.3 under data.overlap=allow; a value set is kept, and a
+    late sd starts from the resolved one."""
+    config = AIRConfig.from_flat({"data.overlap": overlap})
+    assert schedule_at(config, 0).likelihood_sd == sd
+    pinned = AIRConfig.from_flat({"data.overlap": overlap, "model.likelihood_sd": 0.2})
+    assert schedule_at(pinned, 0).likelihood_sd == 0.2
+    late = AIRConfig.from_flat({"data.overlap": overlap, "model.likelihood_sd_final": 0.6,
+                                "train.steps": 100})
+    assert schedule_at(late, 0).likelihood_sd == sd
+    assert schedule_at(late, 99).likelihood_sd == pytest.approx(0.6)
+
+
 def test_likelihood_sd_fractions_are_checked():
     with pytest.raises(ValueError, match="model.likelihood_sd_start"):
         AIRConfig.from_flat({"model.likelihood_sd_start": 0.7, "model.likelihood_sd_end": 0.6})
