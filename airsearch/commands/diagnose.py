@@ -164,11 +164,13 @@ def overlap(run_dir: Path, mnist_dir: str | None) -> None:
     Groups: apart (ink boxes do not meet), boxes cross, strokes cross (summed ink clipped).
     Per group: the share read as each count; ink the first two steps leave unexplained and
     ink they over-draw (pixels, mean per image); where each step's window is centred: in both
-    digits' boxes, in one, or in neither (airsearch/diagnostics/overlap.py). Writes
-    RUN_DIR/overlap.json.
+    digits' boxes, in one, or in neither (airsearch/diagnostics/overlap.py). Then the share
+    counted right by how much the digits cover each other. Writes RUN_DIR/overlap.json.
     """
+    import numpy as np
+
     from airsearch.data import load_datasets
-    from airsearch.diagnostics.overlap import WHERE, overlap_rows
+    from airsearch.diagnostics.overlap import WHERE, cover_rows, overlap_rows
     from airsearch.model.air import AIR
     from airsearch.training.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint_file
 
@@ -196,7 +198,16 @@ def overlap(run_dir: Path, mnist_dir: str | None) -> None:
         click.echo(f"{row.group:<14} {row.images:>6} "
                    + " ".join(f"{row.read_as[k]:>7.2f}" for k in counts)
                    + f" {row.missed_ink:>7.1f} {row.overdrawn_ink:>9.1f}  {places}")
+    covers = cover_rows(model, heldout)
+    click.echo("\nby how much the digits cover each other (share of the smaller ink box "
+               "inside the other's)")
+    click.echo(f"{'cover':<11} {'images':>6} {'share':>6}  read as 2: mean [min, max] over seeds")
+    for row in covers:
+        read = (f"{np.mean(row.read_as_two):.2f} [{min(row.read_as_two):.2f}, "
+                f"{max(row.read_as_two):.2f}]" if row.images else "-")
+        click.echo(f"{row.low:.2f}-{row.high:.2f}  {row.images:>6} {row.share:>6.2f}  {read}")
     (run_dir / "overlap.json").write_text(json.dumps(
         {"step": saved["step"], "seeds": saved["seeds"], "data": info.source,
-         "rows": [row.to_dict() for row in rows]}, indent=2))
+         "rows": [row.to_dict() for row in rows],
+         "by_cover": [row.to_dict() for row in covers]}, indent=2))
     click.echo(f"wrote {run_dir / 'overlap.json'}")

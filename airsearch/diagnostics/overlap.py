@@ -5,12 +5,15 @@ Groups of held-out two-digit images: `apart` (their ink boxes do not meet), `box
 passed full ink and was clipped; only under data.overlap=allow). Per group: how the images
 are counted, what is left unexplained after the first two steps (ink the canvas misses and ink
 it over-draws), and where each step's window is centred: inside both digits' boxes (between
-two digits that overlap), inside one, or on neither.
+two digits that overlap), inside one, or on neither. Then the same images binned by how much
+the digits cover each other (the share of the smaller ink box inside the other): where two
+digits lie nearly on top of each other, what is left to count by?
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from airsearch.model.spatial import box_pixels
 
 GROUPS = ("apart", "boxes cross", "strokes cross")
 WHERE = ("both boxes", "one box", "neither")  # where a window's centre lies
+COVER_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)  # bins of box_cover for the second table
 
 
 @dataclass
@@ -49,6 +53,51 @@ def layout_groups(data: MultiMNIST) -> np.ndarray:
     meet = np.all((lo[:, 0] < hi[:, 1]) & (lo[:, 1] < hi[:, 0]), axis=-1)
     group = np.where(data.crossed > 0, 2, np.where(meet, 1, 0))
     return np.where(data.counts == 2, group, -1)
+
+
+@dataclass
+class CoverRow:
+    """Two-digit images whose box_cover lies in [low, high) ([low, high] for the last bin)."""
+
+    low: float
+    high: float
+    images: int
+    share: float            # of the held-out two-digit images
+    read_as_two: list[float]  # per replica: share of the bin's images counted right
+
+    def to_dict(self) -> dict[str, object]:
+        return {"low": self.low, "high": self.high, "images": self.images, "share": self.share,
+                "read_as_two": self.read_as_two}
+
+
+def box_cover(data: MultiMNIST) -> np.ndarray:
+    """(N,) for two-digit images, the share of the smaller digit's ink box that lies inside the
+    other's (0: apart, 1: one box inside the other); NaN for the others."""
+    boxes = data.boxes[:, :2].astype(np.float64)  # (N, 2, 4) x0, y0, x1, y1
+    sides = np.clip(np.minimum(boxes[:, 0, 2:], boxes[:, 1, 2:])
+                    - np.maximum(boxes[:, 0, :2], boxes[:, 1, :2]), 0, None)  # (N, 2)
+    areas = np.prod(boxes[:, :, 2:] - boxes[:, :, :2], axis=-1)  # (N, 2)
+    cover = np.prod(sides, axis=-1) / np.maximum(areas.min(axis=-1), 1.0)
+    return np.where(data.counts == 2, cover, np.nan)
+
+
+@torch.no_grad()
+def cover_rows(model: AIR, data: MultiMNIST) -> list[CoverRow]:
+    """Count accuracy on two-digit images per bin of COVER_EDGES, for each replica."""
+    model.eval()
+    cover = box_cover(data)
+    two = np.nonzero(data.counts == 2)[0]
+    x = torch.from_numpy(data.images[two]).to(torch.float32).div_(255.0)
+    right = deterministic_inference(model, x.unsqueeze(0).expand(model.replicas, *x.shape)).n == 2
+    rows = []
+    for low, high in pairwise(COVER_EDGES):
+        last = high == COVER_EDGES[-1]
+        inside = (cover[two] >= low) & ((cover[two] <= high) if last else (cover[two] < high))
+        pick = torch.from_numpy(np.nonzero(inside)[0])
+        rows.append(CoverRow(low, high, len(pick), len(pick) / max(len(two), 1),
+                             [float(r) for r in right[:, pick].double().mean(dim=1)]
+                             if len(pick) else []))
+    return rows
 
 
 @torch.no_grad()
