@@ -21,9 +21,9 @@ REFERENCE_CANVAS_SIZE = 50
 # MNIST digits are size-normalised to a 20 x 20 box inside their 28 x 28 patch: a digit drawn
 # at side s has ink about 20/28 s high (or wide).
 MNIST_INK_FRACTION = 20 / 28
-# model.likelihood_sd's auto rule (docs/results.md, section 7): at 0.15 the ink that a glimpse
-# of one of two crossing digits leaves unexplained is worth hundreds of nats, and a third step
-# buys it; at 0.3 it is worth a quarter as much.
+# model.likelihood_sd's auto rule where digits may overlap (docs/results.md, section 7): at 0.15
+# the ink that a glimpse of one of two crossing digits leaves unexplained is worth hundreds of
+# nats, and a third step buys it; at 0.3 it is worth a quarter as much.
 DEFAULT_LIKELIHOOD_SD = 0.15
 OVERLAP_LIKELIHOOD_SD = 0.3
 
@@ -97,9 +97,10 @@ class ModelConfig:
     z_what_size: int = _knob(50, "dimensions of z_what", low=1, high=1024)
     likelihood_sd: float = _knob(0.0, "sd of the Gaussian pixel likelihood (at the start of "
                                  "training, when model.likelihood_sd_final is set); 0 (auto): "
-                                 "0.15, or 0.3 under data.overlap=allow, where a glimpse of one "
-                                 "of two crossing digits leaves ink that a sharper likelihood "
-                                 "pays a third step to explain", low=0.0, high=10.0)
+                                 "0.15, or 0.3 where digits may overlap (data.overlap=boxes or "
+                                 "allow), where a glimpse of one of two crossing digits leaves "
+                                 "ink that a sharper likelihood pays a third step to explain",
+                                 low=0.0, high=10.0)
     likelihood_sd_final: float = _knob(0.0, "sd the likelihood moves to (geometrically) between "
                                        "the fractions model.likelihood_sd_start and _end of "
                                        "train.steps; 0: model.likelihood_sd throughout. A small "
@@ -322,10 +323,10 @@ class AIRConfig:
         return "residual_object" if high > low else "residual_peak"
 
     def likelihood_sd(self) -> float:
-        """model.likelihood_sd after its auto rule: 0.3 where digits overlap freely, else 0.15."""
+        """model.likelihood_sd after its auto rule: 0.3 where digits may overlap, else 0.15."""
         if self.model.likelihood_sd:
             return self.model.likelihood_sd
-        return OVERLAP_LIKELIHOOD_SD if self.data.overlap == "allow" else DEFAULT_LIKELIHOOD_SD
+        return DEFAULT_LIKELIHOOD_SD if self.data.overlap == "avoid" else OVERLAP_LIKELIHOOD_SD
 
     def saturates(self) -> bool:
         """Whether the canvas is clipped at full ink, after model.composition."""
