@@ -170,7 +170,12 @@ def overlap(run_dir: Path, mnist_dir: str | None) -> None:
     import numpy as np
 
     from airsearch.data import load_datasets
-    from airsearch.diagnostics.overlap import WHERE, cover_rows, overlap_rows
+    from airsearch.diagnostics.overlap import (
+        WHERE,
+        cover_rows,
+        overlap_rows,
+        read_two_digit_images,
+    )
     from airsearch.model.air import AIR
     from airsearch.training.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint_file
 
@@ -185,7 +190,8 @@ def overlap(run_dir: Path, mnist_dir: str | None) -> None:
     model = AIR(config, saved["seeds"])
     model.load_state_dict(saved["model"])
     _, heldout, info = load_datasets(config.data, mnist_dir=mnist_dir)
-    rows = overlap_rows(model, heldout)
+    reading = read_two_digit_images(model, heldout)  # one pass, read by both tables
+    rows = overlap_rows(model, heldout, reading)
     click.echo(f"{run_dir}: step {saved['step']}, seeds {saved['seeds']}, data.overlap="
                f"{config.data.overlap}, canvas {'saturated' if config.saturates() else 'summed'}"
                f"; held-out two-digit images ({info.source})")
@@ -198,7 +204,7 @@ def overlap(run_dir: Path, mnist_dir: str | None) -> None:
         click.echo(f"{row.group:<14} {row.images:>6} "
                    + " ".join(f"{row.read_as[k]:>7.2f}" for k in counts)
                    + f" {row.missed_ink:>7.1f} {row.overdrawn_ink:>9.1f}  {places}")
-    covers = cover_rows(model, heldout)
+    covers = cover_rows(model, heldout, reading)
     click.echo("\nby how much the digits cover each other (share of the smaller ink box "
                "inside the other's)")
     click.echo(f"{'cover':<11} {'images':>6} {'share':>6}  read as 2: mean [min, max] over seeds")

@@ -22,6 +22,7 @@ from airsearch.data.multi_mnist import MultiMNIST
 from airsearch.evaluation.heldout import deterministic_inference
 from airsearch.model.air import AIR
 from airsearch.model.spatial import box_pixels
+from airsearch.model.terms import Inference
 
 GROUPS = ("apart", "boxes cross", "strokes cross")
 WHERE = ("both boxes", "one box", "neither")  # where a window's centre lies
@@ -81,14 +82,32 @@ def box_cover(data: MultiMNIST) -> np.ndarray:
     return np.where(data.counts == 2, cover, np.nan)
 
 
+@dataclass
+class TwoDigitReading:
+    """One deterministic pass of a model over the held-out two-digit images, which both tables
+    read."""
+
+    index: np.ndarray     # (B,) the images' indices in the data
+    x: torch.Tensor       # (R, B, H, W) the images, in [0, 1]
+    inference: Inference  # the model's posterior means on them
+
+
 @torch.no_grad()
-def cover_rows(model: AIR, data: MultiMNIST) -> list[CoverRow]:
-    """Count accuracy on two-digit images per bin of COVER_EDGES, for each replica."""
+def read_two_digit_images(model: AIR, data: MultiMNIST) -> TwoDigitReading:
     model.eval()
+    index = np.nonzero(data.counts == 2)[0]
+    x = torch.from_numpy(data.images[index]).to(torch.float32).div_(255.0)
+    x = x.unsqueeze(0).expand(model.replicas, *x.shape)
+    return TwoDigitReading(index, x, deterministic_inference(model, x))
+
+
+def cover_rows(model: AIR, data: MultiMNIST, reading: TwoDigitReading | None = None
+               ) -> list[CoverRow]:
+    """Count accuracy on two-digit images per bin of COVER_EDGES, for each replica."""
+    reading = reading or read_two_digit_images(model, data)
+    two = reading.index
     cover = box_cover(data)
-    two = np.nonzero(data.counts == 2)[0]
-    x = torch.from_numpy(data.images[two]).to(torch.float32).div_(255.0)
-    right = deterministic_inference(model, x.unsqueeze(0).expand(model.replicas, *x.shape)).n == 2
+    right = reading.inference.n == 2
     rows = []
     for low, high in pairwise(COVER_EDGES):
         last = high == COVER_EDGES[-1]
@@ -101,24 +120,25 @@ def cover_rows(model: AIR, data: MultiMNIST) -> list[CoverRow]:
 
 
 @torch.no_grad()
-def overlap_rows(model: AIR, data: MultiMNIST) -> list[GroupRow]:
+def overlap_rows(model: AIR, data: MultiMNIST, reading: TwoDigitReading | None = None
+                 ) -> list[GroupRow]:
     """The table of the module docstring for `model` (DAIR: it reads what each step drew)."""
-    model.eval()
-    groups = layout_groups(data)
+    reading = reading or read_two_digit_images(model, data)
+    groups = layout_groups(data)[reading.index]
     rows = []
     for index, name in enumerate(GROUPS):
-        pick = np.nonzero(groups == index)[0]
-        if len(pick) == 0:
+        members = torch.from_numpy(np.nonzero(groups == index)[0])
+        if len(members) == 0:
             continue
-        x = torch.from_numpy(data.images[pick]).to(torch.float32).div_(255.0)
-        x = x.unsqueeze(0).expand(model.replicas, *x.shape)
-        inference = deterministic_inference(model, x)
-        counts = inference.n  # (R, B)
+        pick = reading.index[members.numpy()]
+        x, inference = reading.x[:, members], reading.inference
+        counts = inference.n[:, members]  # (R, B)
         read_as = {k: float((counts == k).double().mean()) for k in range(model.steps + 1)}
-        drawn = model.compose(inference.written[:, :, :2].sum(dim=2))  # (R, B, H, W)
+        drawn = model.compose(inference.written[:, members, :2].sum(dim=2))  # (R, B, H, W)
         missed = (x - drawn).clamp(min=0).sum((-1, -2)).mean()
         overdrawn = (drawn - x).clamp(min=0).sum((-1, -2)).mean()
-        window = _window_places(inference.z_where, inference.present.bool(),
+        window = _window_places(inference.z_where[:, members],
+                                inference.present[:, members].bool(),
                                 torch.from_numpy(data.boxes[pick, :2]), model.canvas)
         rows.append(GroupRow(name, len(pick), read_as, float(missed), float(overdrawn), window))
     return rows
