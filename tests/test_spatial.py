@@ -198,3 +198,26 @@ def test_object_box_frames_the_ink_connected_to_the_peak():
     centre, side = object_box(images[:1], box, ink=0.3, grow_steps=80)
     assert side.item() == 6.0
     assert (pixel(centre[0, 0]), pixel(centre[0, 1])) == pytest.approx((27.5, 32.5), abs=1e-4)
+
+
+def test_object_box_cuts_ink_wider_than_the_largest_digit_to_one_end():
+    """Two 12 px squares that touch side by side are one inked region 24 px wide: with
+    largest=13 the window is framed flush on the heavier square, not on the seam between
+    them; ink that fits `largest` is framed as before."""
+    images = torch.zeros(2, 40, 40)
+    images[:, 10:22, 5:17] = 0.6
+    images[:, 10:22, 17:29] = 1.0     # the heavier square, touching on column 16/17
+    images[1, :, 5:17] = 0.0          # the second image: the heavier square alone
+    box = box_filter(40, 13)
+    pixel = lambda v: (v + 1) * 40 / 2 - 0.5  # noqa: E731  normalised -> pixel index
+    centre, side = object_box(images, box, ink=0.3, grow_steps=80)
+    assert pixel(centre[0, 0]) == pytest.approx(16.5, abs=1e-4)  # the seam, without a cut
+    centre, side = object_box(images, box, ink=0.3, grow_steps=80, largest=13.0)
+    assert side.tolist() == [24.0, 12.0]
+    assert pixel(centre[0, 0]) == pytest.approx(29 - 6.5 - 0.5, abs=1e-4)  # flush right
+    assert pixel(centre[0, 1]) == pytest.approx(15.5, abs=1e-4)  # rows fit: centred
+    assert pixel(centre[1, 0]) == pytest.approx(22.5, abs=1e-4)  # one square: its centre
+    images[0, 10:22, 5:17] = 1.0
+    images[0, 10:22, 17:29] = 0.6     # now the left square is heavier
+    centre, _ = object_box(images, box, ink=0.3, grow_steps=80, largest=13.0)
+    assert pixel(centre[0, 0]) == pytest.approx(5 + 6.5 - 0.5, abs=1e-4)  # flush left

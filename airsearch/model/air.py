@@ -189,7 +189,7 @@ class AIR(nn.Module):
         if self.proposal == "residual_peak":
             return F.pad(densest_window(seen, self.proposal_box), (1, 0))  # scale unchanged
         centre, side = object_box(seen, self.proposal_box, ink=PROPOSAL_INK,
-                                  grow_steps=2 * self.canvas)
+                                  grow_steps=2 * self.canvas, largest=self.ink_sides[1])
         # A fragment or a blob is framed as the nearest digit size the data draws.
         digit_px = side.clamp(*self.ink_sides) / MNIST_INK_FRACTION
         scale = self.config.where_scale_for(1.0) / digit_px - self.where_prior_loc[0]

@@ -14,6 +14,8 @@ a scatter; tests check the two agree, values and gradients.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -99,13 +101,18 @@ def dilate_3x3(mask: torch.Tensor) -> torch.Tensor:
     return grown
 
 
-def object_box(images: torch.Tensor, box: torch.Tensor, ink: float, grow_steps: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def object_box(images: torch.Tensor, box: torch.Tensor, ink: float, grow_steps: int,
+               largest: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
     """images (N, H, W) -> (N, 2) normalised centre (x, y) and (N,) side in pixels of the
     bounding box of one object: the ink (pixels above `ink`, gaps of one pixel bridged)
     connected to the inked pixel whose `box` window holds the most intensity. An image without
     ink gets densest_window's centre and side 0. No gradient: it only says where, and how
-    large, a window starts looking."""
+    large, a window starts looking.
+
+    Ink wider or taller than `largest` pixels (plus one for resampling) is more than one
+    object, e.g. two digits that touch or cross: on that axis the box is cut to `largest`,
+    flush with one end of the ink (the end whose `box` window holds more), so the window
+    frames one digit whole instead of the middle of two."""
     with torch.no_grad():
         N, H, W = images.shape
         inked = images > ink  # (N, H, W)
@@ -129,8 +136,28 @@ def object_box(images: torch.Tensor, box: torch.Tensor, ink: float, grow_steps: 
             return first, last
 
         (top, bottom), (left, right) = span(rows), span(cols)
-        centre = torch.stack([(left + right + 1) / W - 1, (top + bottom + 1) / H - 1], dim=-1)
+        xs, ys = _flush_centres(left, right, largest), _flush_centres(top, bottom, largest)
+        # The four (x, y) candidates (equal where an axis is not cut); keep the one whose
+        # window holds the most intensity.
+        pick = lambda v, n: (v - 0.5).round().long().clamp(0, n - 1)  # noqa: E731
+        held = torch.stack([mass[torch.arange(N), pick(y, H), pick(x, W)]
+                            for y in ys for x in xs], dim=-1)  # (N, 4)
+        best = held.argmax(dim=-1)
+        x = torch.stack([xs[0], xs[1], xs[0], xs[1]], dim=-1).gather(1, best[:, None])[:, 0]
+        y = torch.stack([ys[0], ys[0], ys[1], ys[1]], dim=-1).gather(1, best[:, None])[:, 0]
+        centre = torch.stack([2 * x / W - 1, 2 * y / H - 1], dim=-1)
         side = torch.maximum(bottom - top + 1, right - left + 1).to(images.dtype)
         found = inked.reshape(N, -1).any(dim=-1)
         centre = torch.where(found[:, None], centre, densest_window(images, box))
         return centre, torch.where(found, side, torch.zeros_like(side))
+
+
+def _flush_centres(first: torch.Tensor, last: torch.Tensor, largest: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates of a window's centre on one axis for ink spanning pixels
+    first..last: twice the span's centre where it fits `largest` (+1), else the centres of
+    a `largest`-wide window flush with either end."""
+    middle = (first + last + 1).float() / 2
+    cut = (last - first + 1).float() > largest + 1
+    return (torch.where(cut, first.float() + largest / 2, middle),
+            torch.where(cut, (last + 1).float() - largest / 2, middle))
