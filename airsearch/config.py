@@ -173,6 +173,12 @@ class PriorConfig:
                                    low=0.0, high=100.0, low_open=True)
     where_scale_sd: float = _knob(0.2, "prior sd of the inverse scale", low=0.0, high=100.0,
                                   low_open=True)
+    where_scale_range_sds: float = _knob(2.0, "sizes mixed in one image (data.digit_size_max): "
+                                         "how many prior sd the smallest and the largest "
+                                         "digit's inverse scale lie from the prior mean, halfway "
+                                         "between them (fewer: a flatter prior, whose KL pulls "
+                                         "windows less towards the middle size)",
+                                         low=0.0, high=10.0, low_open=True)
     where_shift_sd: float = _knob(1.0, "prior sd of the shift (canvas spans [-1, 1])", low=0.0,
                                   high=100.0, low_open=True)
 
@@ -302,11 +308,13 @@ class AIRConfig:
         if d.digit_size_max == 0:
             return p.where_scale_loc * factor(d.digit_size), p.where_scale_sd * factor(d.digit_size)
         # A range of sizes: the prior's mean halfway between the smallest and the largest
-        # digit's inverse scale, and both within two sd (or the one-size sd, if wider).
+        # digit's inverse scale, both prior.where_scale_range_sds sd from it (or the one-size
+        # sd, if wider).
         small, large = p.where_scale_loc * factor(d.digit_size), p.where_scale_loc * factor(
             d.digit_size_max)
         middle = (d.digit_size * d.digit_size_max) ** 0.5
-        return (small + large) / 2, max(p.where_scale_sd * factor(middle), (small - large) / 4)
+        return (small + large) / 2, max(p.where_scale_sd * factor(middle),
+                                        (small - large) / 2 / p.where_scale_range_sds)
 
     def where_scale_for(self, digit_px: float) -> float:
         """Inverse scale that frames a digit of side digit_px as prior.where_scale_loc frames a
@@ -418,6 +426,10 @@ _ENABLED_BY: dict[str, tuple[Any, str]] = {
     "model.likelihood_sd_": (lambda c: c.model.likelihood_sd_final != 0,
                              "model.likelihood_sd_final > 0"),
     "model.blur_until": (lambda c: c.model.blur_px > 0, "model.blur_px > 0"),
+    "prior.where_scale_range_sds": (lambda c: c.data.digit_size_max > 0
+                                    and c.prior.where_scale_rule == "digit_size",
+                                    "data.digit_size_max > 0 and "
+                                    "prior.where_scale_rule=digit_size"),
     "train.lr_": (lambda c: c.train.lr_schedule != "constant",
                   "train.lr_schedule linear or cosine"),
     "init.": (lambda c: c.init.scheme == "air", "init.scheme=air (pytorch ignores the "

@@ -304,6 +304,12 @@ def test_a_size_range_mixes_sizes_log_uniformly_in_one_image():
     assert np.mean(np.abs(sides[:, 0] - sides[:, 1]) >= 5) > 0.3  # sizes mixed within images
     assert AIRConfig.from_flat({"data.digit_size": 10.5, "data.digit_size_max": 21.0}
                                ).where_scale_prior() == (4.5, 0.75)  # frames 21 and 10.5 px
+    assert AIRConfig.from_flat({"data.digit_size": 10.5, "data.digit_size_max": 21.0,
+                                "prior.where_scale_range_sds": 1.0}
+                               ).where_scale_prior() == (4.5, 1.5)  # both ends one sd away
+    with pytest.raises(ConfigError, match="prior.where_scale_range_sds has no effect here"):
+        AIRConfig.from_flat({"prior.where_scale_range_sds": 1.0}).check_effective(
+            ["prior.where_scale_range_sds"])
     with pytest.raises(ConfigError, match="data.digit_size_jitter and data.digit_size_max"):
         AIRConfig.from_flat({"data.digit_size_max": 30.0, "data.digit_size_jitter": 0.2})
     with pytest.raises(ConfigError, match=r"data.digit_size_max \(15\) must be > data.digit_size"):
