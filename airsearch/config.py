@@ -130,9 +130,11 @@ class ModelConfig:
                                 "to that peak and sized to it (the scale prior.where_scale_loc "
                                 "gives a 21 px digit, scaled to the ink's height and kept within "
                                 "the data's digit sizes), so windows start framing objects of "
-                                "any size; auto: residual_object where digit sizes vary "
-                                "(data.digit_size_max or data.digit_size_jitter), residual_peak "
-                                "otherwise",
+                                "any size, and ink wider than the largest digit (two that "
+                                "touch or cross) is cut to one digit flush with its heavier "
+                                "end; auto: residual_object where digit sizes vary "
+                                "(data.digit_size_max or data.digit_size_jitter) or digits may "
+                                "overlap (data.overlap boxes or allow), residual_peak otherwise",
                                 choices=("none", "residual_peak", "residual_object", "auto"))
     blur_px: float = _knob(0.0, "sd in pixels of a Gaussian blur under which the objective also "
                            "compares image and reconstruction early in training (0: off): a "
@@ -323,12 +325,13 @@ class AIRConfig:
             self.data.canvas_size / REFERENCE_CANVAS_SIZE)
 
     def where_proposal(self) -> str:
-        """model.where_proposal after its auto rule: windows sized to the ink where sizes vary."""
+        """model.where_proposal after its auto rule: windows framed on the ink where sizes vary
+        or digits may overlap (where the densest patch of two crossing digits is their seam)."""
         m, d = self.model, self.data
         if m.where_proposal != "auto":
             return m.where_proposal
         low, high = d.digit_size_range()
-        return "residual_object" if high > low else "residual_peak"
+        return "residual_object" if high > low or d.overlap != "avoid" else "residual_peak"
 
     def likelihood_sd(self) -> float:
         """model.likelihood_sd after its auto rule: 0.3 where digits may overlap, else 0.15."""

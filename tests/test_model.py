@@ -184,8 +184,10 @@ def test_object_proposal_frames_each_object_at_its_size():
     ({}, "residual_peak"), ({"data.digit_size_jitter": 0.3}, "residual_object"),
     ({"data.digit_size": 10.0, "data.digit_size_max": 20.0}, "residual_object"),
     ({"data.digit_size_max": 20.0, "model.where_proposal": "residual_peak"}, "residual_peak"),
-    ({"model.where_proposal": "none"}, "none")])
-def test_auto_proposal_sizes_windows_where_digit_sizes_vary(flat, proposal):
+    ({"model.where_proposal": "none"}, "none"),
+    ({"data.overlap": "allow"}, "residual_object"), ({"data.overlap": "boxes"}, "residual_object"),
+    ({"data.overlap": "allow", "model.where_proposal": "residual_peak"}, "residual_peak")])
+def test_auto_proposal_frames_the_ink_where_sizes_vary_or_digits_overlap(flat, proposal):
     config = AIRConfig.from_flat({**TINY, **flat})
     assert config.where_proposal() == proposal
 
