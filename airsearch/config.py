@@ -136,6 +136,10 @@ class ModelConfig:
                                 "(data.digit_size_max or data.digit_size_jitter) or digits may "
                                 "overlap (data.overlap boxes or allow), residual_peak otherwise",
                                 choices=("none", "residual_peak", "residual_object", "auto"))
+    decoder_sees_scale: bool = _knob(False, "the glimpse decoder also reads the window's "
+                                     "inverse scale, so one decoder can draw digits of "
+                                     "different sizes with their own stroke widths (a glimpse "
+                                     "of a small digit is a blurred, thick-stroked one)")
     blur_px: float = _knob(0.0, "sd in pixels of a Gaussian blur under which the objective also "
                            "compares image and reconstruction early in training (0: off): a "
                            "window that misses a small digit then still gets a gradient "

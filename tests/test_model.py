@@ -418,3 +418,19 @@ def test_elbo_is_finite_and_negative_loss(model):
     x = _images(model)
     terms = model.loss_terms(x, model.infer(x, _noise(model)), SCHEDULE)
     assert torch.all(torch.isfinite(terms.elbo))
+
+
+def test_decoder_sees_scale_draws_by_window_size_and_is_off_by_default():
+    """With model.decoder_sees_scale the same z_what drawn in a smaller window decodes to a
+    different glimpse; by default the decoder reads z_what alone."""
+    D = TINY["model.z_what_size"]
+    plain = AIR(_config(), seeds=[0])
+    seeing = AIR(_config(model__decoder_sees_scale=True), seeds=[0])
+    assert plain.glimpse_decoder.hidden[0].in_features == D
+    assert seeing.glimpse_decoder.hidden[0].in_features == D + 1
+    z_what = torch.randn(1, 2, D)
+    where = seeing.where_prior_loc.expand(1, 2, 3).clone()
+    smaller = where.clone()
+    smaller[..., 0] += 1.0
+    assert not torch.allclose(seeing.decode(z_what, where), seeing.decode(z_what, smaller))
+    torch.testing.assert_close(plain.decode(z_what, where), plain.decode(z_what, smaller))

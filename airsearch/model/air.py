@@ -66,7 +66,9 @@ class AIR(nn.Module):
         self.glimpse_encoder = ReplicatedMLP(R, glimpse_pixels, out_features=2 * m.z_what_size,
                                              **mlp)
         # generative model
-        self.glimpse_decoder = ReplicatedMLP(R, m.z_what_size, out_features=glimpse_pixels, **mlp)
+        self.decoder_sees_scale = m.decoder_sees_scale
+        self.glimpse_decoder = ReplicatedMLP(R, m.z_what_size + int(m.decoder_sees_scale),
+                                             out_features=glimpse_pixels, **mlp)
         # variance reduction for the score-function term of n
         e = config.estimator
         baseline_in = pixels + (m.max_steps * (m.z_what_size + 3)
@@ -162,7 +164,7 @@ class AIR(nn.Module):
             z_what = what_loc + what_sd * noise.what[:, :, k]  # (R, B, D)
             previous = torch.cat([z_what, z_where], dim=-1)
             if residual:
-                glimpse_k = torch.sigmoid(self.glimpse_decoder(z_what)).view(R, B, G, G)
+                glimpse_k = self.decode(z_what, z_where).view(R, B, G, G)
                 written_k = write_glimpse(glimpse_k.view(-1, G, G), z_where.reshape(-1, 3),
                                           H).view(R, B, H, W)
                 drawn = drawn + written_k
@@ -197,6 +199,15 @@ class AIR(nn.Module):
                           centre], dim=-1)
 
     # ----------------------------------------------------------------------------- model
+    def decode(self, z_what: torch.Tensor, z_where: torch.Tensor) -> torch.Tensor:
+        """z_what (R, N, D), z_where (R, N, 3) -> glimpse intensities (R, N, G*G). With
+        model.decoder_sees_scale the decoder also reads the window's inverse scale (in prior
+        sd from the prior mean), so it can draw strokes as thick as a digit that size has."""
+        if self.decoder_sees_scale:
+            scale = (z_where[..., :1] - self.where_prior_loc[0]) / self.where_prior_sd[0]
+            z_what = torch.cat([z_what, scale], dim=-1)
+        return torch.sigmoid(self.glimpse_decoder(z_what))
+
     def render(self, inference: Inference, presence: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Canvas (R, B, H, W) from the first n objects, and each step's glimpse (R, B, K, G, G).
@@ -208,8 +219,8 @@ class AIR(nn.Module):
         if inference.written is not None:  # already drawn while inferring (DAIR)
             glimpses, written = inference.glimpses, inference.written
         else:
-            logits = self.glimpse_decoder(inference.z_what.view(R, B * K, D))
-            glimpses = torch.sigmoid(logits).view(R, B, K, G, G)
+            glimpses = self.decode(inference.z_what.view(R, B * K, D),
+                                   inference.z_where.view(R, B * K, 3)).view(R, B, K, G, G)
             written = write_glimpse(glimpses.view(-1, G, G), inference.z_where.reshape(-1, 3),
                                     H).view(R, B, K, H, H)
         presence = inference.present if presence is None else presence
