@@ -82,11 +82,16 @@ def densest_window(images: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     window that holds the most intensity (ties: the first in row-major order). No gradient: it
     only says where a window starts looking."""
     with torch.no_grad():
-        mass = box @ images @ box.T  # (N, H, W)
-        H, W = images.shape[-2:]
-        flat = mass.reshape(images.shape[0], H * W).argmax(dim=-1)
-        return torch.stack([_pixel_centres(W, images)[flat % W],
-                            _pixel_centres(H, images)[flat // W]], dim=-1)
+        return _heaviest_centre(box @ images @ box.T)
+
+
+def _heaviest_centre(mass: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) window sums -> (N, 2) normalised centre (x, y) of the largest (ties: the
+    first in row-major order)."""
+    N, H, W = mass.shape
+    flat = mass.reshape(N, H * W).argmax(dim=-1)
+    return torch.stack([_pixel_centres(W, mass)[flat % W], _pixel_centres(H, mass)[flat // W]],
+                       dim=-1)
 
 
 def dilate_3x3(mask: torch.Tensor) -> torch.Tensor:
@@ -139,16 +144,15 @@ def object_box(images: torch.Tensor, box: torch.Tensor, ink: float, grow_steps: 
         xs, ys = _flush_centres(left, right, largest), _flush_centres(top, bottom, largest)
         # The four (x, y) candidates (equal where an axis is not cut); keep the one whose
         # window holds the most intensity.
-        pick = lambda v, n: (v - 0.5).round().long().clamp(0, n - 1)  # noqa: E731
-        held = torch.stack([mass[torch.arange(N), pick(y, H), pick(x, W)]
-                            for y in ys for x in xs], dim=-1)  # (N, 4)
-        best = held.argmax(dim=-1)
-        x = torch.stack([xs[0], xs[1], xs[0], xs[1]], dim=-1).gather(1, best[:, None])[:, 0]
-        y = torch.stack([ys[0], ys[0], ys[1], ys[1]], dim=-1).gather(1, best[:, None])[:, 0]
+        candidates = torch.stack([torch.stack([x, y], dim=-1) for y in ys for x in xs], 1)
+        pixel = (candidates - 0.5).round().long()  # (N, 4, 2)
+        held = mass[torch.arange(N)[:, None], pixel[..., 1].clamp(0, H - 1),
+                    pixel[..., 0].clamp(0, W - 1)]  # (N, 4)
+        x, y = candidates[torch.arange(N), held.argmax(dim=-1)].unbind(-1)
         centre = torch.stack([2 * x / W - 1, 2 * y / H - 1], dim=-1)
         side = torch.maximum(bottom - top + 1, right - left + 1).to(images.dtype)
         found = inked.reshape(N, -1).any(dim=-1)
-        centre = torch.where(found[:, None], centre, densest_window(images, box))
+        centre = torch.where(found[:, None], centre, _heaviest_centre(mass))
         return centre, torch.where(found, side, torch.zeros_like(side))
 
 
