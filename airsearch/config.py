@@ -136,6 +136,12 @@ class ModelConfig:
                                 "(data.digit_size_max or data.digit_size_jitter) or digits may "
                                 "overlap (data.overlap boxes or allow), residual_peak otherwise",
                                 choices=("none", "residual_peak", "residual_object", "auto"))
+    proposal_skips_windows: bool = _knob(False, "the window proposal ignores what a step "
+                                         "sees inside earlier steps' windows, so on digits "
+                                         "that do not overlap a step does not start on what is "
+                                         "left of a digit an earlier step framed (a faint "
+                                         "second drawing on the first); needs "
+                                         "model.where_proposal other than none")
     decoder_sees_scale: bool = _knob(False, "the glimpse decoder also reads the window's "
                                      "inverse scale, so one decoder can draw digits of "
                                      "different sizes with their own stroke widths (a glimpse "
@@ -437,6 +443,8 @@ _ENABLED_BY: dict[str, tuple[Any, str]] = {
                                     and c.prior.where_scale_rule == "digit_size",
                                     "data.digit_size_max > 0 and "
                                     "prior.where_scale_rule=digit_size"),
+    "model.proposal_skips_windows": (lambda c: c.where_proposal() != "none",
+                                     "model.where_proposal other than none"),
     "train.lr_": (lambda c: c.train.lr_schedule != "constant",
                   "train.lr_schedule linear or cosine"),
     "init.": (lambda c: c.init.scheme == "air", "init.scheme=air (pytorch ignores the "

@@ -13,6 +13,7 @@ from airsearch.model.spatial import (
     box_pixels,
     densest_window,
     dilate_3x3,
+    inside_window,
     object_box,
     read_glimpse,
     write_glimpse,
@@ -74,6 +75,18 @@ def test_box_pixels_convention():
     torch.testing.assert_close(box, torch.tensor([20.0, 20.0, 40.0, 40.0]))
     box = box_pixels(torch.tensor([2.0, 0.5, -0.5]), 40)  # right and up
     torch.testing.assert_close(box, torch.tensor([20.0, 0.0, 40.0, 20.0]))
+
+
+@pytest.mark.parametrize("z_where", [(3.0, 0.0, 0.0), (2.0, 0.5, -0.5), (4.0, -0.33, 0.21)])
+def test_inside_window_marks_the_pixels_within_box_pixels(z_where):
+    """The pixels inside_window marks are those whose centres lie in box_pixels' box."""
+    H = 40
+    zw = torch.tensor([z_where])
+    x0, y0, x1, y1 = box_pixels(zw, H)[0].tolist()
+    centres = torch.arange(H) + 0.5
+    rows, cols = (centres > y0) & (centres < y1), (centres > x0) & (centres < x1)
+    assert torch.equal(inside_window(zw, H)[0], rows[:, None] & cols[None, :])
+    assert inside_window(zw, H).any()
 
 
 def test_reading_follows_an_object():

@@ -34,6 +34,7 @@ from airsearch.model.replicated import (
 from airsearch.model.spatial import (
     box_filter,
     densest_window,
+    inside_window,
     object_box,
     read_glimpse,
     write_glimpse,
@@ -90,6 +91,7 @@ class AIR(nn.Module):
                              else None, persistent=False)
         # model.where_proposal: sums over windows of the prior's size, where a step looks first.
         self.proposal = config.where_proposal()
+        self.proposal_skips_windows = m.proposal_skips_windows
         window_px = max(1, round(d.canvas_size / scale_loc))
         self.register_buffer("proposal_box", box_filter(d.canvas_size, window_px)
                              if self.proposal != "none" else None, persistent=False)
@@ -140,6 +142,7 @@ class AIR(nn.Module):
         c = torch.zeros_like(h)
         previous = x.new_zeros(R, B, D + 3)  # z_what, z_where of the last step
         drawn = torch.zeros_like(x)  # (R, B, H, W) what earlier steps drew (DAIR)
+        framed = torch.zeros_like(x, dtype=torch.bool).view(R * B, H, W)  # earlier windows
         flat_images = x.reshape(R * B, H, W)
         hs, where_locs, where_sds, z_wheres, what_locs, what_sds, z_whats = ([] for _ in range(7))
         glimpses, writes = [], []
@@ -155,9 +158,13 @@ class AIR(nn.Module):
             where_out = self.location_head(h)  # (R, B, 6)
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
             if self.proposal_box is not None:
-                where_loc = where_loc + self._proposed_start(seen.reshape(R * B, H, W)
-                                                             ).view(R, B, 3)
+                proposal_sees = seen.reshape(R * B, H, W)
+                if self.proposal_skips_windows:
+                    proposal_sees = proposal_sees.masked_fill(framed, 0.0)
+                where_loc = where_loc + self._proposed_start(proposal_sees).view(R, B, 3)
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
+            if self.proposal_skips_windows:
+                framed = framed | inside_window(z_where.detach().reshape(R * B, 3), H)
             glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
             what_out = self.glimpse_encoder(glimpse.view(R, B, G * G))  # (R, B, 2D)
             what_loc, what_sd = what_out[..., :D], F.softplus(what_out[..., D:])

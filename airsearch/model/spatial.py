@@ -68,6 +68,15 @@ def box_pixels(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     return torch.stack([to_px(x - half), to_px(y - half), to_px(x + half), to_px(y + half)], -1)
 
 
+def inside_window(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """(N, 3) z_where -> (N, H, H) bool: the canvas pixels whose centres lie inside the box."""
+    s, x, y = (v.unsqueeze(-1) for v in z_where.unbind(-1))
+    p = _pixel_centres(canvas_size, z_where)
+    half = 1.0 / s.abs()
+    rows, cols = (p - y).abs() < half, (p - x).abs() < half  # (N, H), (N, W)
+    return rows.unsqueeze(-1) & cols.unsqueeze(-2)
+
+
 def box_filter(size: int, window_px: int) -> torch.Tensor:
     """(size, size) matrix B such that B @ image @ B.T is the mean over the window_px-wide
     square (window_px made odd) centred on each pixel, zeros beyond the border: the same as
