@@ -136,12 +136,15 @@ class ModelConfig:
                                 "(data.digit_size_max or data.digit_size_jitter) or digits may "
                                 "overlap (data.overlap boxes or allow), residual_peak otherwise",
                                 choices=("none", "residual_peak", "residual_object", "auto"))
-    proposal_skips_windows: bool = _knob(False, "the window proposal ignores what a step "
-                                         "sees inside earlier steps' windows, so on digits "
-                                         "that do not overlap a step does not start on what is "
-                                         "left of a digit an earlier step framed (a faint "
-                                         "second drawing on the first); needs "
-                                         "model.where_proposal other than none")
+    proposal_mask: str = _knob("auto", "what the window proposal leaves out of what a step "
+                               "sees: none; earlier_windows: what lies inside earlier steps' "
+                               "windows, so a step does not start on what is left of a digit "
+                               "an earlier window framed (a faint second drawing of it), which "
+                               "holds only where digits do not overlap; auto: earlier_windows "
+                               "where windows frame the ink of digits that do not overlap "
+                               "(model.where_proposal residual_object, data.overlap=avoid), "
+                               "none otherwise",
+                               choices=("auto", "none", "earlier_windows"))
     decoder_sees_scale: bool = _knob(False, "the glimpse decoder also reads the window's "
                                      "inverse scale, so one decoder can draw digits of "
                                      "different sizes with their own stroke widths (a glimpse "
@@ -343,6 +346,16 @@ class AIRConfig:
         low, high = d.digit_size_range()
         return "residual_object" if high > low or d.overlap != "avoid" else "residual_peak"
 
+    def proposal_mask(self) -> str:
+        """model.proposal_mask after its auto rule: earlier windows are left out where windows
+        frame the ink and digits never overlap, so a window cannot hold the start of another
+        digit. Fixed sizes (residual_peak) keep none: their answers ran without it."""
+        m, d = self.model, self.data
+        if m.proposal_mask != "auto":
+            return m.proposal_mask
+        framed = self.where_proposal() == "residual_object"
+        return "earlier_windows" if framed and d.overlap == "avoid" else "none"
+
     def likelihood_sd(self) -> float:
         """model.likelihood_sd after its auto rule: 0.3 where digits may overlap, else 0.15."""
         if self.model.likelihood_sd:
@@ -443,7 +456,7 @@ _ENABLED_BY: dict[str, tuple[Any, str]] = {
                                     and c.prior.where_scale_rule == "digit_size",
                                     "data.digit_size_max > 0 and "
                                     "prior.where_scale_rule=digit_size"),
-    "model.proposal_skips_windows": (lambda c: c.where_proposal() != "none",
+    "model.proposal_mask": (lambda c: c.where_proposal() != "none",
                                      "model.where_proposal other than none"),
     "train.lr_": (lambda c: c.train.lr_schedule != "constant",
                   "train.lr_schedule linear or cosine"),

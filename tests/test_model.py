@@ -156,30 +156,42 @@ def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
                                torch.tensor([[to_norm(22), to_norm(6)]] * 2))
 
 
-@pytest.mark.parametrize("skips", [False, True])
-def test_proposal_skipping_windows_moves_on_from_an_object_left_undrawn(skips):
+@pytest.mark.parametrize("mask", ["none", "earlier_windows"])
+def test_proposal_masking_earlier_windows_moves_on_from_an_object_left_undrawn(mask):
     """With a decoder that draws nothing, the brighter square is still unexplained after step
-    0 framed it: step 1 starts on it again, unless model.proposal_skips_windows hides what
-    lies inside step 0's window from the proposal; then it starts on the other square."""
+    0 framed it: step 1 starts on it again, unless model.proposal_mask=earlier_windows hides
+    what lies inside step 0's window from the proposal; then it starts on the other square."""
     m = AIR(_config(model__where_proposal="residual_peak", init__head_weight_scale=0.0,
                     init__decoder_bias=-20.0, prior__where_scale_loc=6.4,  # 5 px windows
-                    model__proposal_skips_windows=skips), [0])
+                    model__proposal_mask=mask), [0])
     torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
     x = torch.zeros(1, 1, m.canvas, m.canvas)
     x[0, 0, 4:9, 20:25] = 1.0    # centre pixel (row 6, col 22)
     x[0, 0, 22:27, 5:10] = 0.6   # centre pixel (row 24, col 7), dimmer
     inf = m.infer(x, Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
     to_norm = lambda px: (2 * px + 1) / TINY["data.canvas_size"] - 1  # noqa: E731
-    second = [to_norm(7), to_norm(24)] if skips else [to_norm(22), to_norm(6)]
+    second = [to_norm(7), to_norm(24)] if mask == "earlier_windows" else [to_norm(22), to_norm(6)]
     torch.testing.assert_close(inf.where_loc[0, 0, :2, 1:],
                                torch.tensor([[to_norm(22), to_norm(6)], second]))
 
 
-def test_proposal_skipping_windows_needs_a_proposal():
-    with pytest.raises(ConfigError, match="model.proposal_skips_windows"):
+@pytest.mark.parametrize("flat, mask", [
+    ({}, "none"), ({"data.digit_size_max": 20.0}, "earlier_windows"),
+    ({"data.digit_size_jitter": 0.3}, "earlier_windows"),
+    ({"data.digit_size_max": 20.0, "data.overlap": "boxes"}, "none"),
+    ({"data.overlap": "allow"}, "none"),
+    ({"data.digit_size_max": 20.0, "model.where_proposal": "residual_peak"}, "none"),
+    ({"model.proposal_mask": "earlier_windows"}, "earlier_windows"),
+    ({"data.digit_size_max": 20.0, "model.proposal_mask": "none"}, "none")])
+def test_auto_mask_hides_earlier_windows_where_framed_digits_never_overlap(flat, mask):
+    assert AIRConfig.from_flat({**TINY, **flat}).proposal_mask() == mask
+
+
+def test_proposal_mask_needs_a_proposal():
+    with pytest.raises(ConfigError, match="model.proposal_mask"):
         AIRConfig.from_flat({**TINY, "model.where_proposal": "none",
-                             "model.proposal_skips_windows": True}).check_effective(
-            ["model.proposal_skips_windows"])
+                             "model.proposal_mask": "earlier_windows"}).check_effective(
+            ["model.proposal_mask"])
 
 
 def test_object_proposal_frames_each_object_at_its_size():

@@ -2,7 +2,8 @@
 
 Reads top-down in the order data flows:
   guide:  image -> input encoder -> LSTM (one step per object) -> location head (an offset
-          from the densest window of what is still unexplained, model.where_proposal) -> z_where
+          from the densest window of what is still unexplained, model.where_proposal, outside
+          earlier windows where model.proposal_mask says) -> z_where
           -> spatial transformer reads a glimpse -> glimpse encoder -> z_what; presence head
           -> per-step presence logits -> number of objects n (truncated geometric, NumSteps)
   model:  z_what -> glimpse decoder -> spatial transformer writes it -> canvas = sum of the
@@ -91,7 +92,7 @@ class AIR(nn.Module):
                              else None, persistent=False)
         # model.where_proposal: sums over windows of the prior's size, where a step looks first.
         self.proposal = config.where_proposal()
-        self.proposal_skips_windows = m.proposal_skips_windows
+        self.masks_earlier_windows = config.proposal_mask() == "earlier_windows"
         window_px = max(1, round(d.canvas_size / scale_loc))
         self.register_buffer("proposal_box", box_filter(d.canvas_size, window_px)
                              if self.proposal != "none" else None, persistent=False)
@@ -159,11 +160,11 @@ class AIR(nn.Module):
             where_loc, where_sd = where_out[..., :3], F.softplus(where_out[..., 3:])
             if self.proposal_box is not None:
                 proposal_sees = seen.reshape(R * B, H, W)
-                if self.proposal_skips_windows:
+                if self.masks_earlier_windows:
                     proposal_sees = proposal_sees.masked_fill(framed, 0.0)
                 where_loc = where_loc + self._proposed_start(proposal_sees).view(R, B, 3)
             z_where = where_loc + where_sd * noise.where[:, :, k]  # (R, B, 3)
-            if self.proposal_skips_windows:
+            if self.masks_earlier_windows:
                 framed = framed | inside_window(z_where.detach().reshape(R * B, 3), H)
             glimpse = read_glimpse(flat_images, z_where.reshape(R * B, 3), G)  # (R*B, G, G)
             what_out = self.glimpse_encoder(glimpse.view(R, B, G * G))  # (R, B, 2D)
