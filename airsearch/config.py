@@ -457,7 +457,7 @@ _ENABLED_BY: dict[str, tuple[Any, str]] = {
                                     "data.digit_size_max > 0 and "
                                     "prior.where_scale_rule=digit_size"),
     "model.proposal_mask": (lambda c: c.where_proposal() != "none",
-                                     "model.where_proposal other than none"),
+                            "model.where_proposal other than none"),
     "train.lr_": (lambda c: c.train.lr_schedule != "constant",
                   "train.lr_schedule linear or cosine"),
     "init.": (lambda c: c.init.scheme == "air", "init.scheme=air (pytorch ignores the "
