@@ -45,6 +45,20 @@ def model():
     return AIR(_config(), [0, 1])
 
 
+def _two_squares(canvas: int) -> torch.Tensor:
+    """(1, 1, canvas, canvas): a bright 5 px square centred on pixel (row 6, col 22) and a
+    dimmer one centred on (row 24, col 7)."""
+    x = torch.zeros(1, 1, canvas, canvas)
+    x[0, 0, 4:9, 20:25] = 1.0
+    x[0, 0, 22:27, 5:10] = 0.6
+    return x
+
+
+def _to_norm(px: float) -> float:
+    """A pixel coordinate on TINY's canvas -> normalised canvas coordinates."""
+    return (2 * px + 1) / TINY["data.canvas_size"] - 1
+
+
 def test_shapes(model):
     """infer, render and loss_terms return the documented (R, B, K, ...) shapes."""
     x = _images(model)
@@ -141,19 +155,17 @@ def test_where_proposal_starts_each_step_on_what_is_left_unexplained():
                         init__decoder_bias=20.0, prior__where_scale_loc=6.4,  # 5 px windows
                         model__residual_input=residual), [0])
         torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
-        x = torch.zeros(1, 1, m.canvas, m.canvas)
-        x[0, 0, 4:9, 20:25] = 1.0    # centre pixel (row 6, col 22)
-        x[0, 0, 22:27, 5:10] = 0.6   # centre pixel (row 24, col 7), dimmer
-        inf = m.infer(x, Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
+        inf = m.infer(_two_squares(m.canvas),
+                      Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
         return inf.where_loc[0, 0, :2, 1:]  # (step, (x, y)) normalised
 
-    to_norm = lambda px: (2 * px + 1) / TINY["data.canvas_size"] - 1  # noqa: E731
     torch.testing.assert_close(first_two_shifts("residual_peak"),
-                               torch.tensor([[to_norm(22), to_norm(6)], [to_norm(7), to_norm(24)]]))
+                               torch.tensor([[_to_norm(22), _to_norm(6)],
+                                             [_to_norm(7), _to_norm(24)]]))
     torch.testing.assert_close(first_two_shifts("none"), torch.zeros(2, 2))
     # Plain AIR: no step sees what another drew, so both start on the brighter square.
     torch.testing.assert_close(first_two_shifts("residual_peak", residual=False),
-                               torch.tensor([[to_norm(22), to_norm(6)]] * 2))
+                               torch.tensor([[_to_norm(22), _to_norm(6)]] * 2))
 
 
 @pytest.mark.parametrize("mask", ["none", "earlier_windows"])
@@ -165,14 +177,11 @@ def test_proposal_masking_earlier_windows_moves_on_from_an_object_left_undrawn(m
                     init__decoder_bias=-20.0, prior__where_scale_loc=6.4,  # 5 px windows
                     model__proposal_mask=mask), [0])
     torch.nn.init.zeros_(m.glimpse_decoder.out.weight)
-    x = torch.zeros(1, 1, m.canvas, m.canvas)
-    x[0, 0, 4:9, 20:25] = 1.0    # centre pixel (row 6, col 22)
-    x[0, 0, 22:27, 5:10] = 0.6   # centre pixel (row 24, col 7), dimmer
-    inf = m.infer(x, Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
-    to_norm = lambda px: (2 * px + 1) / TINY["data.canvas_size"] - 1  # noqa: E731
-    second = [to_norm(7), to_norm(24)] if mask == "earlier_windows" else [to_norm(22), to_norm(6)]
-    torch.testing.assert_close(inf.where_loc[0, 0, :2, 1:],
-                               torch.tensor([[to_norm(22), to_norm(6)], second]))
+    inf = m.infer(_two_squares(m.canvas),
+                  Noise.zeros(1, 1, m.steps, m.z_what_size, torch.device("cpu")))
+    bright, dim = [_to_norm(22), _to_norm(6)], [_to_norm(7), _to_norm(24)]
+    second = dim if mask == "earlier_windows" else bright
+    torch.testing.assert_close(inf.where_loc[0, 0, :2, 1:], torch.tensor([bright, second]))
 
 
 @pytest.mark.parametrize("flat, mask", [
@@ -212,8 +221,7 @@ def test_object_proposal_frames_each_object_at_its_size():
     m, starts = first_two_starts(7.0, 14.0)
     scale_of = m.config.where_scale_for
     torch.testing.assert_close(starts[:, 0], torch.tensor([scale_of(14.0), scale_of(7.0)]))
-    to_norm = lambda px: (2 * px + 1) / TINY["data.canvas_size"] - 1  # noqa: E731
-    torch.testing.assert_close(starts[0, 1:], torch.tensor([to_norm(6.5), to_norm(6.5)]))
+    torch.testing.assert_close(starts[0, 1:], torch.tensor([_to_norm(6.5), _to_norm(6.5)]))
     m, starts = first_two_starts(8.0, 12.0)  # both squares beyond the range: clamped
     torch.testing.assert_close(starts[:, 0], torch.tensor([scale_of(12.0), scale_of(8.0)]))
 
